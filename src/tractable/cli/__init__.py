@@ -1,0 +1,1 @@
+"""Command line: argument parsing that dispatches to :mod:`tractable.experiments`; nothing else."""

@@ -1,0 +1,104 @@
+"""The TrAct autograd core: an identity on the weight whose backward preconditions the weight gradient.
+
+TrAct (Petersen, Borgelt, Ermon, NeurIPS 2024, arXiv 2410.23970, Eq. 12) replaces only the weight gradient
+of a layer ``z = W x``:
+
+    ∇_W^TrAct = Gᵀ X · (XᵀX / b + λ I)⁻¹            (one such product per group for grouped convs)
+
+with X the b rows the weight multiplies (see :mod:`tractable.tract.gram`). We insert ``weight' = tract(weight,
+x)`` in front of the layer's own functional call. Forward: ``weight'`` *is* ``weight`` (a view), so the layer's
+output, its input gradient and its bias gradient are the native ones, bitwise, in every option and under
+autocast. Backward: the native kernel delivers the plain ``M = GᵀX`` for ``weight'``; we return ``M·P`` with
+P built from the saved input. Only the Gram needs receptive fields; GᵀX never does.
+
+Exact mode (our addition, not in the paper): the backward returns M unchanged and emits ``S = XᵀX`` and the
+row count ``b`` as the gradients of two auxiliary leaves, so autograd itself sums them over micro-batches;
+:func:`tractable.precondition_` later sums them over DDP ranks and applies ``K = S/b + λI`` once.
+
+The statistic and the solve run in float32 (float64 for float64 inputs/weights) with autocast disabled,
+whatever the layer's dtype; the result is cast back to the weight's dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from tractable.tract.gram import Geometry, gram, num_rows, rows
+from tractable.tract.solve import Lam, precondition_bxb, precondition_nxn
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any operand is float64, else float32 (never lower)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def tract_gradient(
+    M: torch.Tensor, x: torch.Tensor, geom: Geometry, lam: Lam, form: str = "auto", chunk_bytes: int = 256 << 20
+) -> torch.Tensor:
+    """Pure function: the TrAct weight gradient from the plain one ``M`` (weight-shaped) and the layer input ``x``.
+
+    ``form`` is ``"nxn"`` (paper), ``"bxb"`` (push-through, cheaper when b < n) or ``"auto"`` (b×b iff b < n).
+    """
+    dtype = compute_dtype(M, x)
+    n_g = geom.n_per_group
+    G = geom.groups
+    Mg = M.reshape(G, -1, n_g).to(dtype)
+    b = num_rows(x, geom)
+    if b == 0:  # no rows: the plain gradient is zero already
+        return M
+    if form == "bxb" or (form == "auto" and b < n_g):
+        out = precondition_bxb(Mg, rows(x, geom, dtype), lam)
+    else:
+        S, b = gram(x, geom, dtype, chunk_bytes)
+        out = precondition_nxn(Mg, S, b, lam)
+    return out.reshape(M.shape).to(M.dtype)
+
+
+class TrActWeight(torch.autograd.Function):
+    """``weight' = weight`` in the forward; TrAct's preconditioned weight gradient in the backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        weight: torch.Tensor,
+        x: torch.Tensor,
+        lam: Lam,
+        geom: Geometry,
+        form: str,
+        chunk_bytes: int,
+        stat: Optional[torch.Tensor],
+        count: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        weight, x, lam, geom, form, chunk_bytes, stat, count = inputs
+        if isinstance(lam, torch.Tensor):
+            ctx.save_for_backward(x.detach(), lam.detach())
+            ctx.lam = None
+        else:
+            ctx.save_for_backward(x.detach())
+            ctx.lam = lam
+        ctx.geom = geom
+        ctx.form = form
+        ctx.chunk_bytes = chunk_bytes
+        ctx.exact = stat is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        x = saved[0]
+        lam = ctx.lam if ctx.lam is not None else saved[1]
+        nothing = (None,) * 6
+        if grad is None:
+            return (None, None) + nothing
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if ctx.exact:
+                dtype = compute_dtype(grad, x)
+                S, b = gram(x, ctx.geom, dtype, ctx.chunk_bytes)
+                count = torch.full((), float(b), dtype=dtype, device=S.device)
+                return (grad, None, None, None, None, None, S, count)
+            return (tract_gradient(grad, x, ctx.geom, lam, ctx.form, ctx.chunk_bytes), None) + nothing

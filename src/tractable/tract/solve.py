@@ -1,0 +1,74 @@
+"""Right-multiplication of a weight gradient by TrAct's preconditioner P = (XᵀX/b + λI)⁻¹, never forming P.
+
+n×n form (paper Eq. 12): ``K = S/b + λI`` is symmetric positive definite for λ > 0; with its Cholesky factor
+``K = LLᵀ`` the preconditioned gradient is ``M K⁻¹ = cholesky_solve(Mᵀ, L)ᵀ``, batched over groups.
+
+b×b form (push-through / Woodbury, for b < n): ``(λI + UUᵀ/b)⁻¹ = (1/λ)[I − U(bλI + UᵀU)⁻¹Uᵀ]`` with
+``U = Xᵀ``, so ``M P = (M − (MU)(bλI + UᵀU)⁻¹Uᵀ)/λ``: a b×b factorisation instead of an n×n one. It needs only
+the plain gradient ``M = GᵀX``, which is why it works from the weight gradient alone.
+
+Fallback: in float32 ``cond(K) ≤ (μ_max + λ)/λ`` can exceed 1/ε (inputs in [0, 255], n = 768, tiny λ), and the
+factorisation fails. A failed (``info ≠ 0``) or non-finite factor is redone in float64 by LU
+(``linalg.solve_ex``), which also propagates NaN from a non-finite input. On the CPU in eager mode the check
+is a cheap host read; under ``torch.compile``, ``torch.func`` transforms and on accelerators both branches are
+computed and merged with ``torch.where`` so that no host synchronisation or data-dependent branch appears.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+Lam = Union[float, torch.Tensor]
+
+
+def _eager_host(t: torch.Tensor) -> bool:
+    """True when reading a value of ``t`` on the host is free and legal (eager CPU, plain tensor)."""
+    if type(t) is not torch.Tensor or t.device.type != "cpu":
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor
+
+        if is_functorch_wrapped_tensor(t):
+            return False
+    except ImportError:  # pragma: no cover - very old torch
+        pass
+    return True
+
+
+def _eye_like(K: torch.Tensor) -> torch.Tensor:
+    return torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+
+
+def solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """``M K⁻¹`` for SPD ``K`` (batched: M ``(G, m, n)``, K ``(G, n, n)``), Cholesky with a float64 fallback."""
+    L, info = torch.linalg.cholesky_ex(K)
+    Y = torch.cholesky_solve(M.mT, L).mT
+    if _eager_host(K):
+        if bool((info == 0).all()) and bool(torch.isfinite(L).all()):
+            return Y
+        K64 = K.double()
+        K64 = (K64 + K64.mT) * 0.5
+        return torch.linalg.solve_ex(K64, M.double().mT)[0].mT.to(M.dtype)
+    ok = (info == 0) & torch.isfinite(L).flatten(1).all(1)
+    K64 = K.double()
+    K64 = (K64 + K64.mT) * 0.5
+    Y64 = torch.linalg.solve_ex(K64, M.double().mT)[0].mT.to(M.dtype)
+    return torch.where(ok[:, None, None], Y, Y64)
+
+
+def precondition_nxn(M: torch.Tensor, S: torch.Tensor, b: Union[int, torch.Tensor], lam: Lam) -> torch.Tensor:
+    """``M (S/b + λI)⁻¹`` with S the per-group Gram, shapes M ``(G, m, n)``, S ``(G, n, n)``."""
+    K = S / b + lam * _eye_like(S)
+    return solve_right(M, K)
+
+
+def precondition_bxb(M: torch.Tensor, U: torch.Tensor, lam: Lam) -> torch.Tensor:
+    """``M (UUᵀ/b + λI)⁻¹`` through the b×b system (U ``(G, n, b)``, cheaper when b < n)."""
+    b = U.shape[-1]
+    Kb = U.mT @ U
+    Kb = Kb + (b * lam) * _eye_like(Kb)
+    Z = solve_right(M @ U, Kb)
+    return (M - Z @ U.mT) / lam
