@@ -16,7 +16,8 @@ row count ``b`` as the gradients of two auxiliary leaves, so autograd itself sum
 :func:`tractable.precondition_` later sums them over DDP ranks and applies ``K = S/b + λI`` once.
 
 The statistic and the solve run in float32 (float64 for float64 inputs/weights) with autocast disabled,
-whatever the layer's dtype; the result is cast back to the weight's dtype.
+whatever the layer's dtype; the result is cast back to the weight's dtype. In eager mode on the CPU, a
+float32 statistic too coarse for λ (max diag(XᵀX/b)/λ > 1e4, e.g. raw [0, 255] pixels) is redone in float64.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Optional
 import torch
 
 from tractable.tract.gram import Geometry, gram, num_rows, rows
-from tractable.tract.solve import Lam, precondition_bxb, precondition_nxn
+from tractable.tract.solve import Lam, float64_needed, precondition_bxb, precondition_nxn
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -48,9 +49,15 @@ def tract_gradient(
     if b == 0:  # no rows: the plain gradient is zero already
         return M
     if form == "bxb" or (form == "auto" and b < n_g):
-        out = precondition_bxb(Mg, rows(x, geom, dtype), lam)
+        U = rows(x, geom, dtype)
+        if dtype == torch.float32 and float64_needed((U * U).sum(-1) / b, lam):
+            U, Mg = U.double(), Mg.double()
+        out = precondition_bxb(Mg, U, lam)
     else:
         S, b = gram(x, geom, dtype, chunk_bytes)
+        if dtype == torch.float32 and float64_needed(S.diagonal(dim1=-2, dim2=-1) / b, lam):
+            S, _ = gram(x, geom, torch.float64, chunk_bytes)
+            Mg = Mg.double()
         out = precondition_nxn(Mg, S, b, lam)
     return out.reshape(M.shape).to(M.dtype)
 

@@ -15,6 +15,7 @@ computed and merged with ``torch.where`` so that no host synchronisation or data
 """
 from __future__ import annotations
 
+import warnings
 from typing import Union
 
 import torch
@@ -36,6 +37,31 @@ def _eager_host(t: torch.Tensor) -> bool:
     except ImportError:  # pragma: no cover - very old torch
         pass
     return True
+
+
+FLOAT32_RATIO_LIMIT = 1e4
+
+
+def float64_needed(diag_mean_sq: torch.Tensor, lam: Lam) -> bool:
+    """Eager-CPU guard: is the float32 statistic too coarse for this λ?
+
+    ``diag_mean_sq`` holds the diagonal of XᵀX/b. Rounding in a float32 Gram is about ε·max diag, which must
+    stay well below λ for the smallest directions of K to survive (rank-deficient or badly scaled inputs such
+    as raw [0, 255] pixels). Beyond ``max diag / λ > 1e4`` the statistic and the solve are redone in float64.
+    Returns False wherever reading a value would need a host synchronisation (then float32 is kept).
+    """
+    if not _eager_host(diag_mean_sq):
+        return False
+    lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
+    top = float(diag_mean_sq.max())
+    mean = float(diag_mean_sq.mean())
+    if not (1e-2 <= mean <= 1e2):
+        warnings.warn(
+            f"TrAct: the layer input's mean square is {mean:.3g} per feature; the paper's λ guidance (0.05-0.2) "
+            "assumes inputs standardised to mean 0 and std 1 per channel (spec: 'Standardised-input assumption')",
+            stacklevel=2,
+        )
+    return top / lam_v > FLOAT32_RATIO_LIMIT
 
 
 def _eye_like(K: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""Small shared helpers for the benchmarks: machine facts, interleaved timing, peak-RSS measurement.
+
+Nothing here imports torch at module level, so a parent process can use it to orchestrate workers whose
+thread environment (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) must be set before torch is imported.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+
+# -- machine -----------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> Dict[str, object]:
+    mem_gb: Optional[float] = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_gb = round(int(line.split()[1]) / 2**20, 1)
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "mem_total_gib": mem_gb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+# -- timing ------------------------------------------------------------------------------------------------
+def interleaved(
+    fns: Dict[str, Callable[[], None]],
+    reps: int,
+    warmup: int,
+    budget_s: Optional[float] = None,
+    max_reps: Optional[int] = None,
+) -> Dict[str, List[float]]:
+    """Time every callable round-robin: each repetition runs every variant once, in a rotating order.
+
+    ``warmup`` untimed rounds come first. With ``budget_s`` the number of timed rounds is raised from ``reps``
+    towards ``max_reps`` so that the timed rounds take about ``budget_s`` seconds (estimated from the last
+    warm-up round). Returns the per-step wall times in seconds for each variant.
+    """
+    names = list(fns)
+    last_round = 0.0
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        for name in names:
+            fns[name]()
+        last_round = time.perf_counter() - t0
+    if budget_s is not None and last_round > 0:
+        reps = max(reps, min(max_reps or reps, int(budget_s / last_round)))
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(ts: Sequence[float]) -> Dict[str, float]:
+    return {"min_s": min(ts), "median_s": statistics.median(ts), "mean_s": statistics.fmean(ts), "n": len(ts)}
+
+
+# -- memory ------------------------------------------------------------------------------------------------
+def _status_kb(key: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM and ru_maxrss) to the current RSS (Linux ≥ 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_kb() -> int:
+    kb = _status_kb("VmRSS")
+    if kb is None:  # pragma: no cover - non-Linux: best effort
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb
+
+
+def peak_rss_kb() -> int:
+    kb = _status_kb("VmHWM")
+    return kb if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_delta_mb(fn: Callable[[], None]) -> Dict[str, float]:
+    """Run ``fn`` once; return the rise of peak RSS above the RSS just before it, in MB (10⁶ bytes).
+
+    The peak mark is reset first where the kernel allows it; otherwise the delta is taken against the
+    earlier peak (``ru_maxrss``), which can only under-estimate.
+    """
+    reset_ok = reset_peak_rss()
+    base = current_rss_kb() if reset_ok else peak_rss_kb()
+    fn()
+    peak = peak_rss_kb()
+    return {"peak_delta_mb": (peak - base) * 1024 / 1e6, "peak_reset": reset_ok}

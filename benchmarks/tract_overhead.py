@@ -1,0 +1,373 @@
+#!/usr/bin/env python
+"""TrAct overhead on the CPU: one first-layer forward + backward step, plain layer vs TrAct.
+
+Run from the repository root::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tract_overhead.py            # 1 and 2 threads (~4 min)
+    .venv/bin/python benchmarks/tract_overhead.py --threads 1                  # one thread setting
+    .venv/bin/python benchmarks/tract_overhead.py --quick                      # smoke run (< 1 min)
+
+What is measured
+----------------
+For each shape the step is ``out = layer(x); loss = (out * t).sum(); loss.backward()`` followed by
+``zero_grad(set_to_none=True)``, with ``x`` not requiring grad and ``t`` a fixed random tensor, identical for
+every variant:
+
+* ``plain``    -- the layer itself;
+* ``ours``     -- ``tractable.TrAct(copy.deepcopy(layer), l=0.1)``;
+* ``official`` -- ``torch_tract.TrAct(copy.deepcopy(layer), l=0.1)`` (PyPI ``torch_tract`` 1.0.0), only if it
+  is importable and only for ``nn.Linear``/``nn.Conv2d`` (all it supports); skipped otherwise.
+
+Timing is interleaved in one process (each repetition runs every variant once, in a rotating order, after
+warm-up rounds); we report the min and median seconds per step and the ratio of medians to ``plain``.
+Each thread setting runs in its own re-executed worker process, so that ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``
+are set before torch is imported; with more than one thread the worker also gets ``OMP_WAIT_POLICY=PASSIVE``
+(busy-waiting OpenMP threads cause large stalls on small VMs).
+
+Memory: the extra peak memory of one step is measured in a fresh subprocess per (shape, variant)
+(``--memory-child``). The child builds everything, runs one warm-up step (library initialisation and caches
+are not counted), resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs one step and reports the
+rise of the peak RSS (VmHWM) above the RSS before the step. glibc's dynamic mmap threshold is pinned
+(``MALLOC_MMAP_THRESHOLD_=131072``) so that freed large blocks go back to the kernel and RSS tracks the live
+bytes. "extra MB" = variant's rise − plain's rise (MB = 10⁶ bytes). The first step's rise is kept in the JSON.
+
+FLOP floor
+----------
+With b rows (samples, tokens or receptive fields), n = C·∏k inputs per row and m outputs, the plain step costs
+``2·b·m·n`` flops for the forward GEMM and ``2·b·m·n`` for the weight gradient (the input needs no grad, so
+there is no input-gradient GEMM): ``4·b·m·n``. TrAct's unavoidable extra work, in the cheaper of its two
+algebraically equal forms with s = min(b, n), r = max(b, n):
+
+* the Gram of the rows, s×s, symmetric: ``r·s²`` flops (a SYRK: half of a GEMM's ``2·r·s²``);
+* its Cholesky factorisation: ``s³/3`` flops;
+* two triangular solves with m right-hand sides: ``2·m·s²`` flops.
+
+For b ≥ n (n×n form) the plain ``GᵀX`` is reused; for b < n (b×b push-through form,
+``Gᵀ (XXᵀ/b + λI)⁻¹ X``) the solve acts on Gᵀ and the product with X *replaces* the plain ``GᵀX``, so no GEMM is
+added either. Hence::
+
+    floor = 1 + (r·s² + s³/3 + 2·m·s²) / (4·b·m·n)
+
+= 1.11 (CIFAR stem), 1.54 (ViT-S/16), 1.07 (4×4 patch), 1.44 (Linear(784,256), b×b form) — the floors quoted
+for these shapes. It ignores memory traffic (unfold copies, the plain conv's own inefficiency), so measured
+ratios can undercut it when the plain kernel runs far below peak, and exceed it by up to ``r·s²/(4bmn)`` when
+the Gram is an ordinary GEMM instead of a SYRK.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _timing  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_JSON = HERE / "results" / "tract_overhead.json"
+VARIANTS = ("plain", "ours", "official")
+
+# name -> (description, layer constructor source, input shape)
+SHAPES = {
+    "stem": ("ResNet CIFAR stem: Conv2d(3,64,3,p=1,bias=False), B=128, 32×32",
+             "nn.Conv2d(3, 64, 3, padding=1, bias=False)", (128, 3, 32, 32)),
+    "vit_s16": ("ViT-S/16 patch embedding: Conv2d(3,384,16,s=16), B=64, 224×224",
+                "nn.Conv2d(3, 384, 16, stride=16)", (64, 3, 224, 224)),
+    "patch4": ("4×4 patch embedding: Conv2d(3,192,4,s=4), B=128, 32×32",
+               "nn.Conv2d(3, 192, 4, stride=4)", (128, 3, 32, 32)),
+    "linear": ("Linear(784,256), B=256", "nn.Linear(784, 256)", (256, 784)),
+    "conv1d": ("Conv1d(3,64,7,p=3), B=64, L=1024", "nn.Conv1d(3, 64, 7, padding=3)", (64, 3, 1024)),
+    "conv3d": ("Conv3d(3,32,3,p=1), B=8, 16×32×32", "nn.Conv3d(3, 32, 3, padding=1)", (8, 3, 16, 32, 32)),
+}
+SHORT = {"stem": "CIFAR stem 3→64 k3", "vit_s16": "ViT-S/16 embed", "patch4": "4×4 patch embed",
+         "linear": "Linear(784,256)", "conv1d": "Conv1d(3,64,7) L=1024", "conv3d": "Conv3d(3,32,3) 16×32²"}
+
+
+def floor_ratio(b: int, n: int, m: int) -> float:
+    """FLOP floor of TrAct-step / plain-step (see the module docstring)."""
+    s, r = min(b, n), max(b, n)
+    return 1.0 + (r * s * s + s**3 / 3.0 + 2.0 * m * s * s) / (4.0 * b * m * n)
+
+
+def input_shape(name: str, quick: bool):
+    shape = SHAPES[name][2]
+    if quick:  # a quarter of the batch: same per-row geometry, same n×n / b×b form
+        shape = (max(1, shape[0] // 4),) + tuple(shape[1:])
+    return shape
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch side (worker and memory child only)
+# ----------------------------------------------------------------------------------------------------------
+def _official():
+    try:
+        import torch_tract  # noqa: F401
+
+        return torch_tract
+    except Exception:
+        return None
+
+
+def build(name: str, quick: bool, variants=VARIANTS, seed: int = 0):
+    """Modules for the requested variants (same initial weights), the input and the loss weights."""
+    import torch
+    import torch.nn as nn
+
+    import tractable
+
+    torch.manual_seed(seed)
+    base = eval(SHAPES[name][1], {"nn": nn})
+    x = torch.randn(input_shape(name, quick))
+    with torch.no_grad():
+        out = base(x)
+    t = torch.randn_like(out)
+    m = base.weight.shape[0]
+    geo = {"b": out.numel() // m, "n": base.weight[0].numel(), "m": m}
+    geo["floor"] = floor_ratio(geo["b"], geo["n"], geo["m"])
+    geo["form"] = "bxb" if geo["b"] < geo["n"] else "nxn"
+    mods = {}
+    for v in variants:
+        if v == "plain":
+            mods[v] = copy.deepcopy(base)
+        elif v == "ours":
+            mods[v] = tractable.TrAct(copy.deepcopy(base), l=0.1)
+        elif v == "official":
+            tt = _official()
+            if tt is not None and isinstance(base, (nn.Linear, nn.Conv2d)):
+                mods[v] = tt.TrAct(copy.deepcopy(base), l=0.1)
+    return mods, x, t, geo
+
+
+def make_step(mod, x, t):
+    def step():
+        out = mod(x)
+        loss = (out * t).sum()
+        loss.backward()
+        mod.zero_grad(set_to_none=True)
+
+    return step
+
+
+def weight_grad(mod, x, t):
+    out = mod(x)
+    (out * t).sum().backward()
+    g = mod.weight.grad.detach().clone()
+    mod.zero_grad(set_to_none=True)
+    return g
+
+
+def memory_child(name: str, variant: str, quick: bool) -> None:
+    """Fresh-process peak-RSS rise of one step (printed as one JSON line)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    mods, x, t, _ = build(name, quick, variants=(variant,))
+    if variant not in mods:
+        print("MEMJSON " + json.dumps(None))
+        return
+    step = make_step(mods[variant], x, t)
+    first = _timing.peak_delta_mb(step)
+    second = _timing.peak_delta_mb(step)
+    print("MEMJSON " + json.dumps({"first_step_mb": first["peak_delta_mb"], "step_mb": second["peak_delta_mb"],
+                                   "peak_reset": second["peak_reset"]}))
+
+
+def run_memory(name: str, quick: bool, variants) -> dict:
+    env = dict(os.environ)
+    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    res = {}
+    for v in variants:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name, v] + (["--quick"] if quick else [])
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("MEMJSON ")]
+        if p.returncode != 0 or not line:
+            res[v] = {"error": (p.stderr or p.stdout)[-2000:]}
+        else:
+            res[v] = json.loads(line[-1][len("MEMJSON "):])
+    base = res.get("plain") or {}
+    for v in variants:
+        r = res.get(v)
+        if v != "plain" and isinstance(r, dict) and "step_mb" in r and "step_mb" in base:
+            r["extra_mb"] = r["step_mb"] - base["step_mb"]
+            r["extra_first_step_mb"] = r["first_step_mb"] - base["first_step_mb"]
+    return res
+
+
+def worker(args) -> dict:
+    import torch
+
+    threads = args.threads_one
+    torch.set_num_threads(threads)
+    tt = _official()
+    info = {
+        "threads": threads,
+        "torch_num_threads": torch.get_num_threads(),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")},
+        "torch": torch.__version__,
+        "torch_parallel": torch.__config__.parallel_info().splitlines()[-1].strip(),
+        "official": getattr(tt, "__version__", None) or (_dist_version("torch_tract") if tt else None),
+        "machine": _timing.machine_info(),
+        "quick": args.quick,
+        "shapes": {},
+    }
+    reps, warmup = (args.reps or (5 if args.quick else 21)), (args.warmup if args.warmup is not None else (1 if args.quick else 5))
+    budget = None if args.quick else args.budget
+    for name in args.shape_list:
+        t0 = time.perf_counter()
+        mods, x, t, geo = build(name, args.quick)
+        if args.no_official:
+            mods.pop("official", None)
+        entry = {"description": SHAPES[name][0], "input_shape": list(x.shape), **geo}
+        # the two TrAct implementations should agree (same Eq. 12 gradient)
+        if "official" in mods:
+            g_o, g_u = weight_grad(mods["official"], x, t), weight_grad(mods["ours"], x, t)
+            entry["ours_vs_official_rel_diff"] = float((g_o - g_u).norm() / g_o.norm())
+        fns = {v: make_step(mod, x, t) for v, mod in mods.items()}
+        times = _timing.interleaved(fns, reps=reps, warmup=warmup, budget_s=budget, max_reps=args.max_reps)
+        entry["timing"] = {v: _timing.summarize(ts) for v, ts in times.items()}
+        entry["times_s"] = times
+        med0 = entry["timing"]["plain"]["median_s"]
+        entry["ratio_median"] = {v: s["median_s"] / med0 for v, s in entry["timing"].items()}
+        entry["ratio_min"] = {v: s["min_s"] / entry["timing"]["plain"]["min_s"] for v, s in entry["timing"].items()}
+        del mods, fns
+        if not args.no_memory:
+            entry["memory"] = run_memory(name, args.quick, [v for v in VARIANTS if v in entry["timing"]])
+        info["shapes"][name] = entry
+        msg = "  ".join(f"{v} {1e3 * s['median_s']:.2f} ms" for v, s in entry["timing"].items())
+        print(f"[{threads} thr] {name:8s} reps={len(times['plain'])}  {msg}  ({time.perf_counter() - t0:.1f} s)",
+              flush=True)
+    return info
+
+
+def _dist_version(dist: str):
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parent: no torch import here, so that every worker chooses its thread environment before importing torch
+# ----------------------------------------------------------------------------------------------------------
+def _fmt_ms(s):
+    return f"{1e3 * s['median_s']:.2f} ({1e3 * s['min_s']:.2f})" if s else "–"
+
+
+def _fmt(x, spec):
+    return format(x, spec) if isinstance(x, (int, float)) else "–"
+
+
+def table(res: dict) -> str:
+    lines = [
+        "| shape | b | n | m | floor | plain ms | ours ms | ours/plain | official ms | official/plain "
+        "| plain step MB | ours extra MB | official extra MB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, e in res["shapes"].items():
+        tm, rt, mem = e["timing"], e["ratio_median"], e.get("memory", {})
+        mem_plain = (mem.get("plain") or {}).get("step_mb")
+        lines.append(
+            f"| {SHORT[name]} | {e['b']} | {e['n']} | {e['m']} | {e['floor']:.2f}× | {_fmt_ms(tm['plain'])} "
+            f"| {_fmt_ms(tm.get('ours'))} | {_fmt(rt.get('ours'), '.2f')}× | {_fmt_ms(tm.get('official'))} "
+            f"| {_fmt(rt.get('official'), '.2f')}× | {_fmt(mem_plain, '.1f')} "
+            f"| {_fmt((mem.get('ours') or {}).get('extra_mb'), '+.1f')} "
+            f"| {_fmt((mem.get('official') or {}).get('extra_mb'), '+.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def header(res: dict) -> str:
+    m = res["machine"]
+    env = ", ".join(f"{k}={v}" for k, v in res["env"].items() if v is not None)
+    return (
+        f"### {res['threads']} thread(s)\n\n"
+        f"{m['cpu_model']}, {m['logical_cpus']} logical CPUs; torch {res['torch']} "
+        f"(torch.get_num_threads()={res['torch_num_threads']}); torch_tract {res['official'] or 'not installed'}; "
+        f"env: {env}"
+        + ("; OMP_WAIT_POLICY=PASSIVE was set before importing torch" if res["threads"] > 1 else "")
+        + (" [--quick: batch/4, few reps]" if res["quick"] else "")
+        + "\n\nms = median (min) seconds per forward+backward step ×10³; ratios are medians over plain's median; "
+        "extra MB = peak-RSS rise of one step minus plain's, fresh process.\n"
+    )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="one thread count (default: run 1 and 2)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: batch/4, 5 reps, 1 warm-up round")
+    ap.add_argument("--json", default=str(DEFAULT_JSON), help=f"write all numbers here (default {DEFAULT_JSON})")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
+    ap.add_argument("--reps", type=int, default=None, help="minimum timed rounds (default 21; quick 5)")
+    ap.add_argument("--max-reps", type=int, default=101, help="cap when --budget raises the rounds")
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds of timed rounds per shape (default 4)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 5; quick 1)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurement")
+    ap.add_argument("--no-official", action="store_true", help="skip torch_tract even if installed")
+    ap.add_argument("--memory-child", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.shape_list = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in args.shape_list if s not in SHAPES]
+    if unknown:
+        ap.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
+
+    if args.memory_child:
+        memory_child(args.memory_child[0], args.memory_child[1], args.quick)
+        return 0
+    if args.worker_out:
+        args.threads_one = args.threads
+        res = worker(args)
+        Path(args.worker_out).write_text(json.dumps(res))
+        return 0
+
+    thread_list = [args.threads] if args.threads else [1, 2]
+    t_start = time.perf_counter()
+    results = []
+    for n in thread_list:
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(n)
+        if n > 1:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        print(f"== worker: {n} thread(s), OMP_NUM_THREADS={n}, MKL_NUM_THREADS={n}"
+              + (", OMP_WAIT_POLICY=PASSIVE (set before torch is imported)" if n > 1 else ""), flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "res.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-out", str(out), "--threads", str(n)]
+            cmd += sys.argv[1:] if argv is None else list(argv)
+            # the user's own arguments follow ours, so a --threads given there wins (it is the same value)
+            p = subprocess.run(cmd, env=env)
+            if p.returncode != 0 or not out.exists():
+                print(f"worker with {n} thread(s) failed (rc={p.returncode})", file=sys.stderr)
+                return 1
+            results.append(json.loads(out.read_text()))
+    total = time.perf_counter() - t_start
+    print()
+    for res in results:
+        print(header(res))
+        print(table(res))
+        print()
+    print(f"total wall time {total:.0f} s")
+    payload = {
+        "benchmark": "tract_overhead",
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "floor_formula": "1 + (r*s^2 + s^3/3 + 2*m*s^2) / (4*b*m*n), s=min(b,n), r=max(b,n)",
+        "machine": results[0]["machine"] if results else _timing.machine_info(),
+        "wall_s": total,
+        "runs": results,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Hooks: the per-step and per-eval extension points of the training loop.
+
+A :class:`Hook` subclass overrides any of the no-op methods below; the loop calls them in this order::
+
+    on_start(trainer)                                  once, after model/optimizer/resume are set up
+    per optimizer step:
+        before_step(trainer)                           e.g. sample a subspace point shared by the step
+        per micro-batch (grad_accum of them):
+            before_forward(trainer, batch)             e.g. one draw per micro-batch
+            extra_loss(trainer, batch) -> Tensor|None  regulariser added to the task loss of the micro-batch
+        after_backward(trainer)                        gradients of the whole step are in .grad (unscaled
+                                                       only if AMP fp16 / clipping made the loop unscale)
+        [rule.before_optimizer_step, clip, optimizer.step, scheduler.step, EMA update]
+        after_step(trainer)
+    per evaluation:
+        before_eval(trainer)                           e.g. BatchNorm re-estimation
+        after_eval(trainer, metrics)                   metrics: the dict that is about to be logged (mutable)
+    on_end(trainer)
+
+``extra_loss`` is called inside autocast with the micro-batch's forward already done only through the task; a
+hook that needs the model output computes it itself. The returned scalar is added to the task loss *before*
+the micro-batch weighting, so a regulariser that does not depend on the batch contributes exactly once per
+step. Hooks that keep state across steps implement ``state_dict``/``load_state_dict`` (tensors and plain
+Python values only, so checkpoints stay ``weights_only``-loadable). Randomness should come from
+``trainer.generator(salt)``, which is derived from the run seed and the step and therefore identical on every
+rank and after a resume.
+
+Hooks can add scalars to the current step's log record with ``trainer.log_scalars({...})``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+__all__ = ["Hook"]
+
+
+class Hook:
+    """Base class with no-op methods; see the module docstring for when each runs."""
+
+    def on_start(self, trainer) -> None:
+        pass
+
+    def before_step(self, trainer) -> None:
+        pass
+
+    def before_forward(self, trainer, batch) -> None:
+        pass
+
+    def extra_loss(self, trainer, batch) -> Optional[torch.Tensor]:
+        return None
+
+    def after_backward(self, trainer) -> None:
+        pass
+
+    def after_step(self, trainer) -> None:
+        pass
+
+    def before_eval(self, trainer) -> None:
+        pass
+
+    def after_eval(self, trainer, metrics: Dict[str, Any]) -> None:
+        pass
+
+    def on_end(self, trainer) -> None:
+        pass
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,154 @@
+"""Tasks: what the model is trained to do (loss) and how it is measured (metrics), plus their registry.
+
+A :class:`Task` implements ``loss(model, batch) -> (loss, stats)``:
+
+* ``loss`` — a scalar, the **mean** over the batch's samples (the loop weights micro-batches and ranks by
+  their sample counts, so the update equals the full-batch one);
+* ``stats`` — detached scalar tensors that are **sums over the batch's samples**, including ``"n"`` (the number
+  of samples). Sums make the metrics exact under gradient accumulation, uneven last batches and DDP:
+  :meth:`Task.summarize` divides every sum by ``n`` after the sums have been added up (and all-reduced).
+
+:meth:`Task.evaluate` runs ``loss`` under ``no_grad`` over a loader, sums the stats, all-reduces them over
+ranks and summarizes them. Register a new task (reconstruction, denoising, …) with ``@register_task("name")``;
+``build_task(cfg)`` calls the class's ``from_config(cfg)``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tractable.train.distributed import all_reduce_sum
+
+__all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks"]
+
+_TASKS: Dict[str, Type["Task"]] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator: make a :class:`Task` subclass available as ``task=<name>``."""
+
+    def deco(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"register_task({name!r}): expected a Task subclass, got {cls!r}")
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"register_task: a task named {name!r} is already registered")
+        _TASKS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def list_tasks() -> List[str]:
+    return sorted(_TASKS)
+
+
+def build_task(cfg) -> "Task":
+    """The task named ``cfg.task``, built from the whole :class:`~tractable.train.config.RunConfig`."""
+    if cfg.task not in _TASKS:
+        raise ValueError(f"task: unknown task {cfg.task!r}; accepted values: {', '.join(map(repr, list_tasks()))}")
+    return _TASKS[cfg.task].from_config(cfg)
+
+
+class Task:
+    """Base class. Subclasses implement :meth:`loss`; the rest has working defaults."""
+
+    name = "base"
+    #: the metric used for "best" in summaries, and whether larger is better
+    primary_metric = "loss"
+    higher_is_better = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "Task":
+        return cls()
+
+    def loss(self, model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def batch_size(batch) -> int:
+        """Number of samples in a batch (first dimension of its first tensor)."""
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return int(first.shape[0])
+
+    def summarize(self, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Sums → means (every key except ``n``, which is reported as the sample count)."""
+        n = float(sums["n"])
+        out = {k: float(v) / max(n, 1.0) for k, v in sums.items() if k != "n"}
+        out["n"] = int(n)
+        return out
+
+    @staticmethod
+    def accumulate(total: Dict[str, torch.Tensor], stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        for k, v in stats.items():
+            v = v.detach().to(torch.float64)
+            total[k] = total[k] + v if k in total else v.clone()
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Iterable, *, autocast=None) -> Dict[str, float]:
+        """Summed stats over ``loader`` (this rank's share), all-reduced over ranks, as means."""
+        was_training = model.training
+        model.eval()
+        total: Dict[str, torch.Tensor] = {}
+        try:
+            for batch in loader:
+                if autocast is not None:
+                    with autocast():
+                        _, stats = self.loss(model, batch)
+                else:
+                    _, stats = self.loss(model, batch)
+                self.accumulate(total, stats)
+        finally:
+            model.train(was_training)
+        return self.summarize(reduce_stats(total))
+
+
+def reduce_stats(total: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """All-reduce (SUM) a dict of scalar tensors in one collective; keys must agree across ranks."""
+    if not total:
+        return total
+    keys = sorted(total)
+    buf = torch.stack([total[k].reshape(()).to(torch.float64) for k in keys])
+    all_reduce_sum(buf)
+    return {k: buf[i] for i, k in enumerate(keys)}
+
+
+@register_task("classification")
+class Classification(Task):
+    """Cross-entropy with optional label smoothing; metrics ``loss``, ``acc`` (top-1), ``acc5`` (≥ 10 classes).
+
+    ``batch`` is ``(x, y)`` with integer class labels. The reported ``loss`` is the training criterion
+    (label smoothing included).
+    """
+
+    primary_metric = "acc"
+    higher_is_better = True
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"Classification: label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Classification":
+        return cls(label_smoothing=cfg.train.label_smoothing)
+
+    def loss(self, model, batch):
+        x, y = batch[0], batch[1]
+        logits = model(x)
+        per_sample = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=self.label_smoothing)
+        loss = per_sample.mean()
+        with torch.no_grad():
+            stats = {
+                "loss": per_sample.detach().sum(),
+                "acc": (logits.argmax(-1) == y).sum(),
+                "n": torch.tensor(float(y.shape[0]), device=per_sample.device),
+            }
+            if logits.shape[-1] >= 10:
+                top5 = logits.topk(5, dim=-1).indices
+                stats["acc5"] = (top5 == y.unsqueeze(-1)).any(-1).sum()
+        return loss, stats
