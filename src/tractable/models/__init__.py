@@ -8,7 +8,7 @@ resolves it, and falls back to conventional names for foreign (torchvision/timm/
 >>> first_layer(model)[0]
 'conv1'
 """
-from tractable.models.registry import create_model, list_models, model_defaults, register_model
+from tractable.models.registry import create_model, list_models, model_defaults, register_model, unregister_model
 from tractable.models.first_layer import FALLBACK_PATHS, WEIGHT_LAYERS, first_layer
 
 # Family modules register their builders on import.
@@ -33,6 +33,7 @@ __all__ = [
     "list_models",
     "model_defaults",
     "register_model",
+    "unregister_model",
     # first-layer contract
     "first_layer",
     "FALLBACK_PATHS",

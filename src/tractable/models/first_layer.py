@@ -62,15 +62,14 @@ def first_layer(model: nn.Module) -> Tuple[str, nn.Module]:
 def _unwrap(model: nn.Module) -> Tuple[str, nn.Module]:
     prefix = ""
     while True:
-        if getattr(model, "tract_layer", None) is not None:
+        if isinstance(model._modules.get("_orig_mod"), nn.Module):  # torch.compile's OptimizedModule
+            prefix, model = prefix + "_orig_mod.", model._modules["_orig_mod"]
+        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel") and isinstance(
+            model._modules.get("module"), nn.Module
+        ):
+            prefix, model = prefix + "module.", model._modules["module"]
+        else:
             return prefix, model
-        inner = model._modules.get("_orig_mod")  # torch.compile's OptimizedModule
-        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
-            inner = model._modules.get("module")
-        if not isinstance(inner, nn.Module):
-            return prefix, model
-        prefix += "_orig_mod." if "_orig_mod" in model._modules else "module."
-        model = inner
 
 
 def _resolve(model: nn.Module, path: str):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch.nn as nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_defaults"]
+__all__ = ["register_model", "unregister_model", "create_model", "list_models", "model_defaults"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
@@ -44,6 +44,13 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         return builder
 
     return decorator
+
+
+def unregister_model(name: str) -> Callable[..., nn.Module]:
+    """Remove ``name`` from the registry and return its builder (for tests and interactive re-definition)."""
+    builder = _lookup(name)
+    del _REGISTRY[name]
+    return builder
 
 
 def list_models(pattern: Optional[str] = None) -> List[str]:

@@ -18,8 +18,10 @@ Two stems, both with ``conv1`` a 3×3 stride-1 padding-1 bias-free conv (TrAct t
 Deliberate differences: the kuangliu variant uses torchvision's attribute names (``downsample``, ``fc``
 instead of ``shortcut``, ``linear``) so both variants share one class and one ``state_dict`` layout, and it
 pools adaptively instead of with a fixed ``avg_pool2d(·, 4)``, so other input sizes work; ``in_channels`` is
-configurable. With ``num_classes=10``: ResNet-18 11,173,962, ResNet-34 21,282,122, ResNet-50 23,520,842
-parameters in both variants (the pool has none).
+configurable (``image_size`` is accepted for the common interface and only checked).
+
+Parameters with ``num_classes=10``, both variants (the max-pool has none): ResNet-18 11,173,962,
+ResNet-34 21,282,122, ResNet-50 23,520,842.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1×1 reduce → 3×3 (carries the stride, "ResNet v1.5") → 1×1 expand ×4, each with BN; ReLU after the sum."""
+    """1×1 reduce → 3×3 (carries the stride, "ResNet v1.5") → 1×1 expand ×4, BN after each; ReLU after sum."""
 
     expansion = 4
 
@@ -158,7 +160,9 @@ _LAYOUTS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: 
 
 
 def _build(name: str, depth: int, tract: bool, num_classes, in_channels, image_size, zero_init_residual):
-    image_size = _checks.positive_int(name, "image_size", image_size)
+    num_classes = _checks.positive_int(name, "num_classes", num_classes)
+    in_channels = _checks.positive_int(name, "in_channels", in_channels)
+    _checks.positive_int(name, "image_size", image_size)  # only checked: the network pools adaptively
     if not isinstance(zero_init_residual, bool):
         raise ValueError(f"{name}: zero_init_residual must be True or False, got {zero_init_residual!r}")
     block, layers = _LAYOUTS[depth]

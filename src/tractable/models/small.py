@@ -59,7 +59,7 @@ class SmallCNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """Flatten → ``fc1`` → act → [Linear → act]* → ``head`` (``head`` is Identity when ``hidden`` is empty)."""
+    """Flatten → ``fc1`` → act → [Linear → act]* → ``head`` (Identity when ``hidden`` is empty)."""
 
     tract_layer = "fc1"
 

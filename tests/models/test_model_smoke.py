@@ -1,0 +1,62 @@
+"""The same smoke test for every registered model: output shape, a finite gradient for every parameter, and
+the first-layer contract."""
+import pytest
+import torch
+import torch.nn as nn
+
+from tractable.models import WEIGHT_LAYERS, create_model, first_layer, list_models, model_defaults
+
+NUM_CLASSES = 7  # not any model's default, so the argument is known to be honoured
+BATCH = 2
+
+
+def example_input(name: str, gen: torch.Generator) -> torch.Tensor:
+    """A batch shaped by the builder's own defaults: (B, C, L) for 1-D models, (B, C, S, S) otherwise."""
+    d = model_defaults(name)
+    if "image_size" in d:
+        return torch.randn(BATCH, d["in_channels"], d["image_size"], d["image_size"], generator=gen)
+    return torch.randn(BATCH, d["in_channels"], d["input_size"], generator=gen)
+
+
+def test_every_model_accepts_the_common_kwargs():
+    for name in list_models():
+        d = model_defaults(name)
+        assert {"num_classes", "in_channels"} <= set(d), name
+        assert "image_size" in d or "input_size" in d, name
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_smoke(name, gen):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=NUM_CLASSES)
+    model.train()
+    x = example_input(name, gen)
+    out = model(x)
+    assert out.shape == (BATCH, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+
+    # A random projection of the logits, so no parameter's gradient cancels by symmetry.
+    (out * torch.randn(out.shape, generator=gen)).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient reached {pname}"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
+        assert p.grad.abs().sum() > 0, f"{name}: zero gradient in {pname}"
+
+    path, layer = first_layer(model)
+    assert isinstance(layer, WEIGHT_LAYERS)
+    assert model.get_submodule(path) is layer
+    assert path == model.tract_layer
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_eval_mode_and_single_channel(name, gen):
+    """Built for 1 input channel, every model runs in eval mode (BatchNorm running stats) on a batch of 1."""
+    model = create_model(name, num_classes=3, in_channels=1).eval()
+    d = model_defaults(name)
+    shape = (1, 1, d["image_size"], d["image_size"]) if "image_size" in d else (1, 1, d["input_size"])
+    with torch.no_grad():
+        out = model(torch.randn(shape, generator=gen))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
+    _, layer = first_layer(model)
+    if not isinstance(layer, nn.Linear):
+        assert layer.in_channels == 1
