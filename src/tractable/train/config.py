@@ -53,6 +53,7 @@ class DataConfig:
     batch_size: int = 128  # global batch (summed over ranks and accumulation micro-batches)
     eval_batch_size: int = 512
     augment: Optional[Literal["crop_flip", "flip", "crop"]] = None
+    pad: int = 4  # crop padding for augment
     subset: Optional[int] = None  # first n training samples
     test_subset: Optional[int] = None
     drop_last: bool = False
@@ -132,7 +133,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 50
     progress: bool = True
-    tensorboard: bool = False
+    tensorboard: Optional[bool] = None  # None: if installed; True: required; False: off
     plots: bool = True
 
 
@@ -350,8 +351,6 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         key, text = item.split("=", 1)
         key = key.strip()
         parts = key.split(".")
-        if parts[0] == _RUN_ALIAS and len(parts) == 2:
-            parts = parts[1:]
         if not all(parts):
             raise ConfigError(f"override {item!r}: empty key component in {key!r}")
         node = data
@@ -412,4 +411,4 @@ def config_to_dict(cfg) -> dict:
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
     """Write the resolved config as YAML."""
     with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=False)

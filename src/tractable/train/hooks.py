@@ -2,28 +2,28 @@
 
 A :class:`Hook` subclass overrides any of the no-op methods below; the loop calls them in this order::
 
-    on_start(trainer)                                  once, after model/optimizer/resume are set up
+    on_start(trainer)                                  once, after set-up and before a resume is restored
     per optimizer step:
         before_step(trainer)                           e.g. sample a subspace point shared by the step
         per micro-batch (grad_accum of them):
             before_forward(trainer, batch)             e.g. one draw per micro-batch
-            extra_loss(trainer, batch) -> Tensor|None  regulariser added to the task loss of the micro-batch
-        after_backward(trainer)                        gradients of the whole step are in .grad (unscaled
-                                                       only if AMP fp16 / clipping made the loop unscale)
+            extra_loss(trainer, batch) -> Tensor|None  regulariser added to the micro-batch's task loss
+        after_backward(trainer)                        the step's gradients are in .grad (unscaled under fp16)
         [rule.before_optimizer_step, clip, optimizer.step, scheduler.step, EMA update]
-        after_step(trainer)
+        after_step(trainer)                            trainer.step already counts this step
     per evaluation:
         before_eval(trainer)                           e.g. BatchNorm re-estimation
-        after_eval(trainer, metrics)                   metrics: the dict that is about to be logged (mutable)
+        after_eval(trainer, metrics)                   metrics: the dict about to be logged (may be edited)
     on_end(trainer)
 
-``extra_loss`` is called inside autocast with the micro-batch's forward already done only through the task; a
-hook that needs the model output computes it itself. The returned scalar is added to the task loss *before*
-the micro-batch weighting, so a regulariser that does not depend on the batch contributes exactly once per
-step. Hooks that keep state across steps implement ``state_dict``/``load_state_dict`` (tensors and plain
-Python values only, so checkpoints stay ``weights_only``-loadable). Randomness should come from
-``trainer.generator(salt)``, which is derived from the run seed and the step and therefore identical on every
-rank and after a resume.
+``extra_loss`` runs inside autocast after the task's forward of the same micro-batch. The returned scalar is
+added to the task loss *before* the micro-batch/rank weighting, so a regulariser that does not depend on the
+batch contributes exactly once per step (also summed over DDP ranks). Hooks that keep state across steps
+implement ``state_dict`` / ``load_state_dict`` (tensors and plain Python values only, so checkpoints stay
+``weights_only``-loadable); a resumed run must be given the same hooks. Randomness should come from
+``trainer.generator(salt)``, derived from the run seed and the step, hence identical on every rank and after a
+resume. ``on_start`` runs before a checkpoint is restored, so whatever it does to the weights or the global RNG
+is replaced by the saved state.
 
 Hooks can add scalars to the current step's log record with ``trainer.log_scalars({...})``.
 """

@@ -83,8 +83,9 @@ class Task:
 
     @staticmethod
     def accumulate(total: Dict[str, torch.Tensor], stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Add ``stats`` into ``total`` (in float64, float32 on MPS) without synchronising the device."""
         for k, v in stats.items():
-            v = v.detach().to(torch.float64)
+            v = v.detach().to(_acc_dtype(v.device))
             total[k] = total[k] + v if k in total else v.clone()
         return total
 
@@ -96,6 +97,8 @@ class Task:
         total: Dict[str, torch.Tensor] = {}
         try:
             for batch in loader:
+                if self.batch_size(batch) == 0:  # a rank's share of a short last batch can be empty
+                    continue
                 if autocast is not None:
                     with autocast():
                         _, stats = self.loss(model, batch)
@@ -107,12 +110,17 @@ class Task:
         return self.summarize(reduce_stats(total))
 
 
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def reduce_stats(total: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """All-reduce (SUM) a dict of scalar tensors in one collective; keys must agree across ranks."""
     if not total:
         return total
     keys = sorted(total)
-    buf = torch.stack([total[k].reshape(()).to(torch.float64) for k in keys])
+    first = total[keys[0]]
+    buf = torch.stack([total[k].reshape(()).to(first.device, _acc_dtype(first.device)) for k in keys])
     all_reduce_sum(buf)
     return {k: buf[i] for i, k in enumerate(keys)}
 

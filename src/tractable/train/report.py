@@ -1,0 +1,230 @@
+"""Reading finished (or running) run directories: curves as PNGs and side-by-side comparisons.
+
+* :func:`plot_run` — ``run_dir/plots/{loss,accuracy,lr}.png`` from ``metrics.jsonl`` (accuracy only when the
+  run logged ``acc``-type metrics);
+* :func:`compare_runs` — a markdown table of final/best metrics per run, followed by the config keys whose
+  values differ between the runs;
+* :func:`plot_compare` — one figure with the test metric of several runs per epoch.
+
+matplotlib is imported lazily (``pip install 'tractable[plot]'``); compare_runs needs only the standard library.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import yaml
+
+from tractable.train.metrics_log import read_metrics
+
+__all__ = ["plot_run", "compare_runs", "plot_compare", "read_summary"]
+
+PathLike = Union[str, Path]
+
+
+def _figure(figsize):
+    """A matplotlib Figure (no pyplot, so no global backend or figure state is touched)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("plotting needs matplotlib: pip install 'tractable[plot]'") from e
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def read_summary(run_dir: PathLike) -> Dict[str, Any]:
+    """``run_dir/summary.json`` ({} if the run has not finished)."""
+    p = Path(run_dir) / "summary.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _series(records, kind: str, x: str, y: str):
+    pts = [(r[x], r[y]) for r in records
+           if r.get("kind") == kind and isinstance(r.get(y), (int, float)) and x in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_run(run_dir: PathLike) -> List[Path]:
+    """Write loss / accuracy / learning-rate curves under ``run_dir/plots/``; returns the PNG paths."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        raise FileNotFoundError(f"plot_run: no metrics in {run_dir / 'metrics.jsonl'}")
+    _figure((1, 1))  # fail early with the install hint
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: List[Path] = []
+    epoch_keys = sorted({k for r in records if r.get("kind") == "epoch" for k in r})
+    steps_per_epoch = _steps_per_epoch(records)
+
+    def save(fig, name):
+        path = out_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        written.append(path)
+
+    # loss: per-step training loss against epochs, per-epoch train/test loss
+    fig, ax = _figure((6, 4))
+    xs, ys = _series(records, "step", "step", "loss")
+    if xs:
+        ax.plot([s / steps_per_epoch for s in xs], ys, lw=0.8, alpha=0.5, label="train (step)")
+    for key in [k for k in epoch_keys if k.endswith("loss")]:
+        ex, ey = _series(records, "epoch", "epoch", key)
+        ax.plot(ex, ey, marker="o", ms=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(run_dir.name, fontsize=9)
+    ax.legend(fontsize=8)
+    save(fig, "loss.png")
+
+    acc_keys = [k for k in epoch_keys if k.endswith("acc") or k.endswith("acc5")]
+    if acc_keys:
+        fig, ax = _figure((6, 4))
+        for key in acc_keys:
+            ex, ey = _series(records, "epoch", "epoch", key)
+            ax.plot(ex, ey, marker="o", ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax.set_title(run_dir.name, fontsize=9)
+        ax.legend(fontsize=8)
+        save(fig, "accuracy.png")
+
+    xs, ys = _series(records, "step", "step", "lr")
+    if not xs:  # no step records (log_every larger than the run): the lr at the end of each epoch
+        xs, ys = _series(records, "epoch", "step", "lr")
+    if xs:
+        fig, ax = _figure((6, 3))
+        ax.plot(xs, ys)
+        ax.set_xlabel("step")
+        ax.set_ylabel("learning rate")
+        ax.set_title(run_dir.name, fontsize=9)
+        save(fig, "lr.png")
+    return written
+
+
+def _steps_per_epoch(records) -> float:
+    for r in records:
+        if r.get("kind") == "epoch" and r.get("epoch"):
+            return max(1.0, r["step"] / r["epoch"])
+    return 1.0
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _config(run_dir: Path) -> Dict[str, Any]:
+    p = run_dir / "config.yaml"
+    if not p.is_file():
+        return {}
+    with open(p) as f:
+        return _flatten(yaml.safe_load(f) or {})
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def _run_metrics(run_dir: Path) -> Dict[str, Any]:
+    """Final and best per-epoch metrics, from summary.json when present, else from metrics.jsonl."""
+    records = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
+    out: Dict[str, Any] = {}
+    summary = read_summary(run_dir)
+    test_keys = sorted({k for r in records for k in r if k.startswith(("test_", "ema_test_"))},
+                       key=lambda k: (k.startswith("ema_"), k))
+    for k in test_keys:
+        vals = [r[k] for r in records if isinstance(r.get(k), (int, float))]
+        if not vals:
+            continue
+        out[f"final {k}"] = vals[-1]
+        if "loss" in k:
+            out[f"best {k}"] = min(vals)
+        else:
+            out[f"best {k}"] = max(vals)
+    train_keys = sorted({k for r in records for k in r if k.startswith("train_")})
+    for k in train_keys:
+        vals = [r[k] for r in records if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[f"final {k}"] = vals[-1]
+    out["epochs"] = summary.get("epochs", records[-1]["epoch"] if records else None)
+    out["time (s)"] = summary.get("time_s")
+    out["images/s"] = summary.get("images_per_s")
+    return out
+
+
+def compare_runs(run_dirs: Sequence[PathLike]) -> str:
+    """Markdown: one column per run with final/best metrics, then the config keys that differ."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("compare_runs: give at least one run directory")
+    for d in dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"compare_runs: {d} is not a directory")
+    names = [d.name for d in dirs]
+    metrics = [_run_metrics(d) for d in dirs]
+    rows: List[str] = []
+    for m in metrics:
+        for k in m:
+            if k not in rows:
+                rows.append(k)
+    head = "| metric | " + " | ".join(_fmt(n) for n in names) + " |"
+    sep = "|---|" + "---|" * len(names)
+    lines = [head, sep]
+    for k in rows:
+        lines.append(f"| {k} | " + " | ".join(_fmt(m.get(k)) for m in metrics) + " |")
+    configs = [_config(d) for d in dirs]
+    keys: List[str] = []
+    for c in configs:
+        for k in c:
+            if k not in keys:
+                keys.append(k)
+    differ = [k for k in keys if k != "name" and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    lines.append("")
+    if differ:
+        lines.append("| config | " + " | ".join(_fmt(n) for n in names) + " |")
+        lines.append(sep)
+        for k in differ:
+            lines.append(f"| {k} | " + " | ".join(_fmt(c.get(k)) for c in configs) + " |")
+    else:
+        lines.append("(configs identical apart from the run name)" if len(dirs) > 1 else "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_compare(run_dirs: Sequence[PathLike], path: PathLike, metric: Optional[str] = None) -> Path:
+    """One figure with ``metric`` (default ``test_acc``, else ``test_loss``) per epoch for each run."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("plot_compare: give at least one run directory")
+    runs = [(d.name, read_metrics(d)) for d in dirs]
+    if metric is None:
+        has_acc = any(r.get("kind") == "epoch" and "test_acc" in r for _, recs in runs for r in recs)
+        metric = "test_acc" if has_acc else "test_loss"
+    fig, ax = _figure((6, 4))
+    plotted = 0
+    for name, recs in runs:
+        xs, ys = _series(recs, "epoch", "epoch", metric)
+        if xs:
+            ax.plot(xs, ys, marker="o", ms=3, label=name)
+            plotted += 1
+    if not plotted:
+        raise ValueError(f"plot_compare: no run logged {metric!r} per epoch")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
