@@ -24,6 +24,9 @@ def _cmd_demo(args) -> int:
 def _cmd_train(args) -> int:
     from tractable.train import load_config, train
 
+    if args.config is not None and "=" in args.config:  # no config file: the first word was an override
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
     if args.preset and args.config:
         raise ValueError("train: give either a config file or --preset, not both")
     if args.preset:
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="the main job: every learning rule on digits, several seeds, one table")
-    d.add_argument("--seeds", type=int, default=5)
+    d.add_argument("--seeds", type=int, default=10)
     d.add_argument("--epochs", type=int, default=6)
     d.add_argument("--out-dir", default="runs", help="parent directory of the demo's run directories")
     d.add_argument("--no-plot", action="store_true")

@@ -58,6 +58,8 @@ class DataConfig:
     test_subset: Optional[int] = None
     drop_last: bool = False
     num_workers: int = 4  # streaming datasets only
+    mean: Optional[List[float]] = None  # per-channel normalisation override (default: the dataset's own)
+    std: Optional[List[float]] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -52,7 +52,25 @@ def build_dataset(cfg, split: str):
     ds = load_dataset(cfg.name, split=split, root=cfg.root, download=cfg.download, **dict(cfg.kwargs))
     if cfg.download and is_main():
         barrier()
-    return apply_subset(ds, cfg, split)
+    return apply_subset(with_stats(ds, cfg), cfg, split)
+
+
+def with_stats(ds, cfg):
+    """Replace the dataset's normalisation statistics by ``data.mean``/``data.std`` when they are given."""
+    if cfg.mean is None and cfg.std is None:
+        return ds
+    import dataclasses
+
+    info = ds.info
+    mean = tuple(float(v) for v in (cfg.mean if cfg.mean is not None else info.mean))
+    std = tuple(float(v) for v in (cfg.std if cfg.std is not None else info.std))
+    for key, v in (("data.mean", mean), ("data.std", std)):
+        if len(v) != len(info.mean):
+            raise ValueError(f"{key}: {info.name} has {len(info.mean)} channel(s), got {len(v)} values {list(v)}")
+    if any(v <= 0 for v in std):
+        raise ValueError(f"data.std: every value must be > 0, got {list(std)}")
+    ds.info = dataclasses.replace(info, mean=mean, std=std)
+    return ds
 
 
 def apply_subset(ds, cfg, split: str):
