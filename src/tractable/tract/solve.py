@@ -15,6 +15,7 @@ computed and merged with ``torch.where`` so that no host synchronisation or data
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Union
 
@@ -55,6 +56,8 @@ def float64_needed(diag_mean_sq: torch.Tensor, lam: Lam) -> bool:
     lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
     top = float(diag_mean_sq.max())
     mean = float(diag_mean_sq.mean())
+    if not math.isfinite(top):  # non-finite inputs: NaN propagates as in the plain gradient
+        return False
     if not (1e-2 <= mean <= 1e2):
         warnings.warn(
             f"TrAct: the layer input's mean square is {mean:.3g} per feature; the paper's λ guidance (0.05-0.2) "
