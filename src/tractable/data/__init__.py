@@ -6,6 +6,8 @@
 * :class:`ArrayDataset` + :class:`DatasetInfo` -- small datasets as two tensors in storage dtype, plus the
   per-channel statistics used for normalisation (:func:`to_float`, :func:`normalize`).
 * :func:`random_crop`, :func:`random_flip` -- batched augmentation from an explicit ``torch.Generator``.
+* :func:`rand_augment`, :func:`random_erasing` -- batched RandAugment (timm ``rand-m9-mstd0.5-inc1``) and
+  Random Erasing, also generator-driven (:mod:`tractable.data.randaugment`).
 * :class:`DeviceLoader` -- keeps the dataset on the device; seeded, resumable, rank-sliced global batches.
 
 >>> from tractable.data import load_dataset, DeviceLoader
@@ -39,6 +41,16 @@ from tractable.data.imagefolder import (
 from tractable.data.info import DatasetInfo
 from tractable.data.loader import DeviceLoader
 from tractable.data.mnist1d import load_mnist1d
+from tractable.data.randaugment import (
+    ErasingParams,
+    RandAugmentParams,
+    apply_erasing,
+    apply_rand_augment,
+    rand_augment,
+    random_erasing,
+    sample_erasing_params,
+    sample_rand_augment_params,
+)
 from tractable.data.paths import DatasetNotFoundError, default_root
 from tractable.data.registry import list_datasets, load_dataset
 from tractable.data.safe_pickle import safe_load
@@ -52,7 +64,11 @@ __all__ = [
     "DatasetNotFoundError",
     "DeviceLoader",
     "DownloadError",
+    "ErasingParams",
     "ImageFolderDataset",
+    "RandAugmentParams",
+    "apply_erasing",
+    "apply_rand_augment",
     "crop_with_offsets",
     "default_root",
     "derive_seed",
@@ -71,12 +87,16 @@ __all__ = [
     "make_synthetic",
     "md5sum",
     "normalize",
+    "rand_augment",
     "random_crop",
+    "random_erasing",
     "random_flip",
     "read_idx",
     "safe_load",
     "sample_crop_offsets",
+    "sample_erasing_params",
     "sample_flip_mask",
+    "sample_rand_augment_params",
     "scan_class_folders",
     "scan_tinyimagenet",
     "to_float",

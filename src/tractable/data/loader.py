@@ -17,19 +17,32 @@ single-process batch bit for bit. ``batch_size`` must be divisible by ``world_si
 first ``s mod R`` ranks get ``⌊s/R⌋ + 1`` samples, the others ``⌊s/R⌋`` (which can be 0: such a rank still
 yields an empty batch, so that all ranks run the same number of steps). ``drop_last=True`` drops it, as in
 ``torch.utils.data.DataLoader``.
+
+``augment="randaugment"`` is the timm CIFAR recipe (``rand-m9-mstd0.5-inc1``, ``re_prob=0.25``), batched: random
+crop (pad) + flip + RandAugment on the uint8 batch, then ``to_float`` + normalisation, then Random Erasing on the
+normalised batch (see :mod:`tractable.data.randaugment`). All its draws are made for the global batch from the
+same per-batch generator, in that order, before the rank's slice is taken, so the invariants above hold.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple, Union
+from typing import Any, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
 from tractable.data.array import ArrayDataset
 from tractable.data.augment import crop_with_offsets, flip_where, sample_crop_offsets, sample_flip_mask
 from tractable.data.convert import to_float
+from tractable.data.randaugment import (
+    apply_erasing,
+    apply_rand_augment,
+    sample_erasing_params,
+    sample_rand_augment_params,
+)
 from tractable.data.seeding import make_generator
 
-AUGMENTS = ("crop_flip", "flip", "crop", None)
+AUGMENTS = ("crop_flip", "flip", "crop", "randaugment", None)
+_RA_SAMPLE_KEYS = ("num_ops", "magnitude", "magnitude_std", "increasing", "prob", "magnitude_max")
+_RA_APPLY_KEYS = ("fill", "interpolation")
 _PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
@@ -41,8 +54,9 @@ class DeviceLoader:
         batch_size: global batch size (over all ranks).
         shuffle: reshuffle every epoch (otherwise dataset order).
         drop_last: drop the final partial global batch.
-        augment: ``"crop_flip"``, ``"crop"``, ``"flip"`` or ``None``; crop pads by ``pad`` and crops back at a
-            random offset, flip mirrors the last axis with probability 0.5.
+        augment: ``"crop_flip"``, ``"crop"``, ``"flip"``, ``"randaugment"`` or ``None``; crop pads by ``pad`` and
+            crops back at a random offset, flip mirrors the last axis with probability 0.5; ``"randaugment"`` is
+            crop + flip + RandAugment + normalisation + Random Erasing (1- or 3-channel images only).
         pad: crop padding (pixels / time steps).
         pad_mode: ``"constant"`` (zeros, i.e. black before normalisation), ``"reflect"``, ``"replicate"`` or
             ``"circular"``.
@@ -50,6 +64,13 @@ class DeviceLoader:
         seed: base seed of the shuffling and augmentation generators.
         device: where the data lives and the batches are produced.
         rank, world_size: this process's slice of every global batch (see module docstring).
+        randaugment: ``augment="randaugment"`` only: options of
+            :func:`~tractable.data.randaugment.rand_augment` (``num_ops=2, magnitude=9, magnitude_std=0.5,
+            increasing=True, prob=0.5, magnitude_max=10, interpolation="nearest"``, and ``fill``, by default
+            ``round(255 · info.mean)`` per channel, as timm's ``img_mean``).
+        erasing: ``augment="randaugment"`` only: options of
+            :func:`~tractable.data.randaugment.random_erasing` (``p=0.25, scale=(0.02, 1/3),
+            ratio=(0.3, 1/0.3), mode="const", attempts=10``); ``p=0`` turns erasing off.
     """
 
     def __init__(
@@ -67,6 +88,8 @@ class DeviceLoader:
         device: Union[str, torch.device] = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        randaugment: Optional[Mapping[str, Any]] = None,
+        erasing: Optional[Mapping[str, Any]] = None,
     ):
         if not isinstance(dataset, ArrayDataset):
             raise ValueError(f"dataset must be an ArrayDataset, got {type(dataset).__name__}")
@@ -91,6 +114,30 @@ class DeviceLoader:
             raise ValueError(
                 f"augment={augment!r} needs (N, C, H, W) or (N, C, L) samples, got {tuple(dataset.x.shape)}"
             )
+        ra_sample, ra_apply, erase_kw = {}, {}, {}
+        if augment == "randaugment":
+            if dataset.x.dim() != 4 or dataset.x.dtype != torch.uint8 or dataset.x.shape[1] not in (1, 3):
+                raise ValueError("augment='randaugment' needs uint8 (N, C, H, W) images with 1 or 3 channels, got "
+                                 f"{dataset.x.dtype} {tuple(dataset.x.shape)}")
+            ra = dict(randaugment or {})
+            unknown = set(ra) - set(_RA_SAMPLE_KEYS) - set(_RA_APPLY_KEYS)
+            if unknown:
+                raise ValueError(f"unknown randaugment option(s) {sorted(unknown)}; accepted: "
+                                 f"{_RA_SAMPLE_KEYS + _RA_APPLY_KEYS}")
+            ra_sample = {k: v for k, v in ra.items() if k in _RA_SAMPLE_KEYS}
+            ra_apply = {k: v for k, v in ra.items() if k in _RA_APPLY_KEYS}
+            ra_apply.setdefault("fill", tuple(min(255, max(0, round(255 * m))) for m in dataset.info.mean))
+            erase_kw = dict(erasing or {})
+            # validate the options now (draws nothing from any generator that matters)
+            scratch = torch.Generator()
+            try:
+                apply_rand_augment(dataset.x[:0], sample_rand_augment_params(0, scratch, **ra_sample), **ra_apply)
+                sample_erasing_params(0, dataset.x.shape[1:], scratch, **erase_kw)
+            except TypeError as e:
+                raise ValueError(f"bad randaugment / erasing options: {e}") from None
+        elif randaugment is not None or erasing is not None:
+            raise ValueError(f"randaugment= and erasing= options need augment='randaugment', got {augment!r}")
+        self._ra_sample, self._ra_apply, self._erase_kw = ra_sample, ra_apply, erase_kw
         self.dataset = dataset.to(device)
         self.info = dataset.info
         self.device = self.dataset.x.device
@@ -141,16 +188,23 @@ class DeviceLoader:
         lo, hi = self.local_bounds(global_size)
         idx = perm[start + lo:start + hi]
         x, y = self.dataset.x[idx], self.dataset.y[idx]
+        erase = None
         if self.augment is not None:
             g = make_generator(self.seed, "augment", epoch, index)
-            if self.augment in ("crop", "crop_flip"):
+            if self.augment in ("crop", "crop_flip", "randaugment"):
                 offsets = sample_crop_offsets(global_size, self.pad, x.dim() - 2, g)[lo:hi]
                 x = crop_with_offsets(x, self.pad, offsets, self.pad_mode)
-            if self.augment in ("flip", "crop_flip"):
+            if self.augment in ("flip", "crop_flip", "randaugment"):
                 x = flip_where(x, sample_flip_mask(global_size, g)[lo:hi])
+            if self.augment == "randaugment":
+                ra = sample_rand_augment_params(global_size, g, **self._ra_sample)[lo:hi]
+                x = apply_rand_augment(x, ra, **self._ra_apply)
+                erase = sample_erasing_params(global_size, x.shape[1:], g, **self._erase_kw)[lo:hi]
         x = to_float(x)
         if self.normalize:
             x = (x - self._mean) / self._std
+        if erase is not None:
+            x = apply_erasing(x, erase)
         return x, y
 
     def iterate(self, epoch: Optional[int] = None, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

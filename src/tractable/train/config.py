@@ -52,7 +52,7 @@ class DataConfig:
     download: bool = False
     batch_size: int = 128  # global batch (summed over ranks and accumulation micro-batches)
     eval_batch_size: int = 512
-    augment: Optional[Literal["crop_flip", "flip", "crop"]] = None
+    augment: Optional[Literal["crop_flip", "flip", "crop", "randaugment"]] = None
     pad: int = 4  # crop padding for augment
     subset: Optional[int] = None  # first n training samples
     test_subset: Optional[int] = None
