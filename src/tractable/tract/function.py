@@ -21,6 +21,8 @@ float32 statistic too coarse for λ (max diag(XᵀX/b)/λ > 1e4, e.g. raw [0, 25
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Optional
 
 import torch
@@ -102,10 +104,23 @@ class TrActWeight(torch.autograd.Function):
         nothing = (None,) * 6
         if grad is None:
             return (None, None) + nothing
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        device = x.device.type
+        guard = torch.autocast(device_type=device, enabled=False) if _autocast_on(device) else _NO_CONTEXT
+        with guard:
             if ctx.exact:
                 dtype = compute_dtype(grad, x)
                 S, b = gram(x, ctx.geom, dtype, ctx.chunk_bytes)
                 count = torch.full((), float(b), dtype=dtype, device=S.device)
                 return (grad, None, None, None, None, None, S, count)
             return (tract_gradient(grad, x, ctx.geom, lam, ctx.form, ctx.chunk_bytes), None) + nothing
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is active for ``device_type`` (the backward must not run our maths under it)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # torch < 2.4 has no device argument for some device types
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()

@@ -24,20 +24,19 @@ import torch
 Lam = Union[float, torch.Tensor]
 
 
+try:
+    from torch._C._functorch import is_functorch_wrapped_tensor as _is_functorch_wrapped
+except ImportError:  # pragma: no cover - very old torch
+    _is_functorch_wrapped = None
+
+
 def _eager_host(t: torch.Tensor) -> bool:
     """True when reading a value of ``t`` on the host is free and legal (eager CPU, plain tensor)."""
     if type(t) is not torch.Tensor or t.device.type != "cpu":
         return False
     if torch.compiler.is_compiling():
         return False
-    try:
-        from torch._C._functorch import is_functorch_wrapped_tensor
-
-        if is_functorch_wrapped_tensor(t):
-            return False
-    except ImportError:  # pragma: no cover - very old torch
-        pass
-    return True
+    return not (_is_functorch_wrapped is not None and _is_functorch_wrapped(t))
 
 
 FLOAT32_RATIO_LIMIT = 1e4
@@ -54,8 +53,7 @@ def float64_needed(diag_mean_sq: torch.Tensor, lam: Lam) -> bool:
     if not _eager_host(diag_mean_sq):
         return False
     lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
-    top = float(diag_mean_sq.max())
-    mean = float(diag_mean_sq.mean())
+    top, mean = torch.stack([diag_mean_sq.max(), diag_mean_sq.mean()]).tolist()  # one read
     if not math.isfinite(top):  # non-finite inputs: NaN propagates as in the plain gradient
         return False
     if not (1e-2 <= mean <= 1e2):
