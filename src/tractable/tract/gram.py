@@ -107,6 +107,42 @@ def _chunks(xb: torch.Tensor, geom: Geometry, esize: int, chunk_bytes: int):
                 yield v[:, :, o0 : o0 + oc].permute(perm)
 
 
+CONV_WEIGHT_MIN_N = 256  # from this n on, 2-D Grams use the conv weight-gradient kernel (measured faster)
+
+
+def _plain_eager(t: torch.Tensor) -> bool:
+    """Eager mode on a plain tensor (not traced by compile, not wrapped by a torch.func transform)."""
+    if type(t) is not torch.Tensor or torch.compiler.is_compiling():
+        return False
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor
+    except ImportError:  # pragma: no cover
+        return True
+    return not is_functorch_wrapped_tensor(t)
+
+
+def _gram_conv_weight(xb: torch.Tensor, geom: Geometry, dtype: torch.dtype, esize: int, chunk_bytes: int):
+    """S via the conv weight-gradient kernel: with the receptive fields U (from ``F.unfold``, no transposed
+    copy) as the "output gradient" of a conv with n_g·groups output channels over the input itself, the weight
+    gradient is Σ_rows U·patchᵀ = XᵀX per group. Same flops as a GEMM, but the vendor kernel (oneDNN, cuDNN)
+    forms the second operand's patches implicitly and runs faster than ``mm`` on a transposed copy."""
+    from torch.nn.grad import conv2d_weight
+
+    n_g, G = geom.n_per_group, geom.groups
+    C = geom.in_features
+    per_sample = num_rows(xb[:1], geom) * n_g * G * esize
+    bc = max(1, min(xb.shape[0], chunk_bytes // max(per_sample, 1)))
+    S = None
+    for b0 in range(0, xb.shape[0], bc):
+        xp = _pad(xb[b0 : b0 + bc], geom).to(dtype)
+        U = F.unfold(xp, geom.kernel, dilation=geom.dilation, stride=geom.stride)
+        out = [(xp.shape[2 + i] - geom.dilation[i] * (geom.kernel[i] - 1) - 1) // geom.stride[i] + 1 for i in range(2)]
+        part = conv2d_weight(xp, (n_g * G, C // G, *geom.kernel), U.view(U.shape[0], U.shape[1], *out),
+                             stride=geom.stride, dilation=geom.dilation, groups=G)
+        S = part if S is None else S + part
+    return S.reshape(G, n_g, n_g)
+
+
 def gram(
     x: torch.Tensor, geom: Geometry, dtype: torch.dtype, chunk_bytes: int = 256 << 20
 ) -> Tuple[torch.Tensor, int]:
@@ -129,6 +165,8 @@ def gram(
         return S.unsqueeze(0), b
     xb = _batched(x, geom)
     b = num_rows(xb, geom)
+    if geom.ndim == 2 and n_g >= CONV_WEIGHT_MIN_N and _plain_eager(xb):
+        return _gram_conv_weight(xb, geom, dtype, esize, chunk_bytes), b
     S = None
     for piece in _chunks(xb, geom, esize, chunk_bytes):
         U = piece.to(dtype=dtype, memory_format=torch.contiguous_format).reshape(geom.groups, n_g, -1)
