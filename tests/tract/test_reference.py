@@ -113,11 +113,11 @@ def test_forward_bitwise_identical(cfg, dtype):
         assert torch.equal(tr(x), plain(x))
 
 
-@pytest.mark.parametrize("chunk", [64, 2048])
 CHUNKED = ["conv1d_s2_reflect", "conv2d_k3_p1", "conv2d_replicate_s2", "conv2d_patch4", "conv2d_patch16_large_n",
            "conv2d_large_n_groups_reflect", "conv2d_large_n_dil_circular", "conv3d_k3_p1", "conv3d_s2_dil"]
 
 
+@pytest.mark.parametrize("chunk", [64, 2048])
 @pytest.mark.parametrize("name", CHUNKED)
 def test_chunking_does_not_change_the_result(name, chunk):
     cfg = next(c for c in CONFIGS if c[0] == name)
