@@ -52,12 +52,15 @@ def interleaved(
     warmup: int,
     budget_s: Optional[float] = None,
     max_reps: Optional[int] = None,
+    cpu_times: Optional[Dict[str, List[float]]] = None,
 ) -> Dict[str, List[float]]:
     """Time every callable round-robin: each repetition runs every variant once, in a rotating order.
 
     ``warmup`` untimed rounds come first. With ``budget_s`` the number of timed rounds is raised from ``reps``
     towards ``max_reps`` so that the timed rounds take about ``budget_s`` seconds (estimated from the last
-    warm-up round). Returns the per-step wall times in seconds for each variant.
+    warm-up round). Returns the per-step wall times in seconds for each variant; if ``cpu_times`` is a dict it
+    receives the per-step process CPU times (all threads), whose ratio to wall time shows how many cores a step
+    really got.
     """
     names = list(fns)
     last_round = 0.0
@@ -69,17 +72,40 @@ def interleaved(
     if budget_s is not None and last_round > 0:
         reps = max(reps, min(max_reps or reps, int(budget_s / last_round)))
     times: Dict[str, List[float]] = {name: [] for name in names}
+    cpu: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(reps):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            c0 = time.process_time()
             t0 = time.perf_counter()
             fns[name]()
-            times[name].append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            times[name].append(t1 - t0)
+            cpu[name].append(time.process_time() - c0)
+    if cpu_times is not None:
+        cpu_times.update(cpu)
     return times
 
 
 def summarize(ts: Sequence[float]) -> Dict[str, float]:
     return {"min_s": min(ts), "median_s": statistics.median(ts), "mean_s": statistics.fmean(ts), "n": len(ts)}
+
+
+def parallel_check(threads: int, size: int = 1536, reps: int = 6) -> Dict[str, float]:
+    """GEMM throughput and CPU-time/wall-time of a ``size``³ matmul loop: how many cores the process really gets.
+
+    On shared VMs a second vCPU can be intermittently unavailable (no steal time reported); then a
+    ``threads``-thread run behaves like a 1-thread run and its timings should be read with care.
+    """
+    import torch
+
+    a = torch.randn(size, size)
+    a @ a
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"threads": threads, "gflops": 2 * size**3 * reps / wall / 1e9, "cpu_per_wall": cpu / wall}
 
 
 # -- memory ------------------------------------------------------------------------------------------------

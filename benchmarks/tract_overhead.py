@@ -3,7 +3,7 @@
 
 Run from the repository root::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tract_overhead.py            # 1 and 2 threads (~4 min)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tract_overhead.py            # 1 and 2 threads (~3-4 min)
     .venv/bin/python benchmarks/tract_overhead.py --threads 1                  # one thread setting
     .venv/bin/python benchmarks/tract_overhead.py --quick                      # smoke run (< 1 min)
 
@@ -22,7 +22,12 @@ Timing is interleaved in one process (each repetition runs every variant once, i
 warm-up rounds); we report the min and median seconds per step and the ratio of medians to ``plain``.
 Each thread setting runs in its own re-executed worker process, so that ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``
 are set before torch is imported; with more than one thread the worker also gets ``OMP_WAIT_POLICY=PASSIVE``
-(busy-waiting OpenMP threads cause large stalls on small VMs).
+(busy-waiting OpenMP threads cause large stalls on small VMs). The workers also pin glibc's malloc thresholds
+(``MALLOC_MMAP_THRESHOLD_=32 MiB``, no trimming; ``--system-malloc`` keeps the defaults): otherwise page faults
+from glibc's dynamic mmap threshold and heap trimming hit a random ~40 % of the steps of small layers and double
+their time. Blocks above 32 MiB are still mmap'ed, so their page faults are paid on every step, by every variant.
+Process CPU time is recorded next to wall time: on shared VMs the second vCPU is at times unavailable, which shows
+as cores-used ≈ 1 in a 2-thread run (reported in the header of each table).
 
 Memory: the extra peak memory of one step is measured in a fresh subprocess per (shape, variant)
 (``--memory-child``). The child builds everything, runs one warm-up step (library initialisation and caches
@@ -59,6 +64,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,18 +77,23 @@ import _timing  # noqa: E402
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "tract_overhead.json"
 VARIANTS = ("plain", "ours", "official")
+# glibc malloc for the timing workers: a fixed 32 MiB mmap threshold (glibc's own ceiling for its dynamic one) and
+# no heap trimming, so that blocks up to 32 MiB are reused without page faults. With glibc's defaults the dynamic
+# threshold and trimming make ~40 % of the steps of a 4 ms layer pay thousands of page faults (4.8 ms vs 9.3 ms
+# per step here), in no fixed pattern. Blocks above 32 MiB are still mmap'ed and faulted in on every step.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
-# name -> (description, layer constructor source, input shape)
+# name -> (description, layer constructor taking the torch.nn module, input shape); no torch import up here
 SHAPES = {
     "stem": ("ResNet CIFAR stem: Conv2d(3,64,3,p=1,bias=False), B=128, 32×32",
-             "nn.Conv2d(3, 64, 3, padding=1, bias=False)", (128, 3, 32, 32)),
+             lambda nn: nn.Conv2d(3, 64, 3, padding=1, bias=False), (128, 3, 32, 32)),
     "vit_s16": ("ViT-S/16 patch embedding: Conv2d(3,384,16,s=16), B=64, 224×224",
-                "nn.Conv2d(3, 384, 16, stride=16)", (64, 3, 224, 224)),
+                lambda nn: nn.Conv2d(3, 384, 16, stride=16), (64, 3, 224, 224)),
     "patch4": ("4×4 patch embedding: Conv2d(3,192,4,s=4), B=128, 32×32",
-               "nn.Conv2d(3, 192, 4, stride=4)", (128, 3, 32, 32)),
-    "linear": ("Linear(784,256), B=256", "nn.Linear(784, 256)", (256, 784)),
-    "conv1d": ("Conv1d(3,64,7,p=3), B=64, L=1024", "nn.Conv1d(3, 64, 7, padding=3)", (64, 3, 1024)),
-    "conv3d": ("Conv3d(3,32,3,p=1), B=8, 16×32×32", "nn.Conv3d(3, 32, 3, padding=1)", (8, 3, 16, 32, 32)),
+               lambda nn: nn.Conv2d(3, 192, 4, stride=4), (128, 3, 32, 32)),
+    "linear": ("Linear(784,256), B=256", lambda nn: nn.Linear(784, 256), (256, 784)),
+    "conv1d": ("Conv1d(3,64,7,p=3), B=64, L=1024", lambda nn: nn.Conv1d(3, 64, 7, padding=3), (64, 3, 1024)),
+    "conv3d": ("Conv3d(3,32,3,p=1), B=8, 16×32×32", lambda nn: nn.Conv3d(3, 32, 3, padding=1), (8, 3, 16, 32, 32)),
 }
 SHORT = {"stem": "CIFAR stem 3→64 k3", "vit_s16": "ViT-S/16 embed", "patch4": "4×4 patch embed",
          "linear": "Linear(784,256)", "conv1d": "Conv1d(3,64,7) L=1024", "conv3d": "Conv3d(3,32,3) 16×32²"}
@@ -121,7 +132,7 @@ def build(name: str, quick: bool, variants=VARIANTS, seed: int = 0):
     import tractable
 
     torch.manual_seed(seed)
-    base = eval(SHAPES[name][1], {"nn": nn})
+    base = SHAPES[name][1](nn)
     x = torch.randn(input_shape(name, quick))
     with torch.no_grad():
         out = base(x)
@@ -177,18 +188,26 @@ def memory_child(name: str, variant: str, quick: bool) -> None:
                                    "peak_reset": second["peak_reset"]}))
 
 
-def run_memory(name: str, quick: bool, variants) -> dict:
-    env = dict(os.environ)
+def run_memory(name: str, quick: bool, variants, parallel: int = 2) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     res = {}
-    for v in variants:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name, v] + (["--quick"] if quick else [])
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = [ln for ln in p.stdout.splitlines() if ln.startswith("MEMJSON ")]
-        if p.returncode != 0 or not line:
-            res[v] = {"error": (p.stderr or p.stdout)[-2000:]}
-        else:
-            res[v] = json.loads(line[-1][len("MEMJSON "):])
+    # fresh processes, run `parallel` at a time (peak RSS is per process, so they do not disturb each other)
+    pending = list(variants)
+    while pending:
+        batch, pending = pending[:parallel], pending[parallel:]
+        procs = {}
+        for v in batch:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name, v]
+            procs[v] = subprocess.Popen(cmd + (["--quick"] if quick else []), env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        for v, p in procs.items():
+            stdout, stderr = p.communicate()
+            line = [ln for ln in stdout.splitlines() if ln.startswith("MEMJSON ")]
+            if p.returncode != 0 or not line:
+                res[v] = {"error": (stderr or stdout)[-2000:]}
+            else:
+                res[v] = json.loads(line[-1][len("MEMJSON "):])
     base = res.get("plain") or {}
     for v in variants:
         r = res.get(v)
@@ -207,7 +226,8 @@ def worker(args) -> dict:
     info = {
         "threads": threads,
         "torch_num_threads": torch.get_num_threads(),
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")},
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+                                               "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")},
         "torch": torch.__version__,
         "torch_parallel": torch.__config__.parallel_info().splitlines()[-1].strip(),
         "official": getattr(tt, "__version__", None) or (_dist_version("torch_tract") if tt else None),
@@ -215,6 +235,7 @@ def worker(args) -> dict:
         "quick": args.quick,
         "shapes": {},
     }
+    info["parallel_check_start"] = _timing.parallel_check(threads)
     reps, warmup = (args.reps or (5 if args.quick else 21)), (args.warmup if args.warmup is not None else (1 if args.quick else 5))
     budget = None if args.quick else args.budget
     for name in args.shape_list:
@@ -228,19 +249,32 @@ def worker(args) -> dict:
             g_o, g_u = weight_grad(mods["official"], x, t), weight_grad(mods["ours"], x, t)
             entry["ours_vs_official_rel_diff"] = float((g_o - g_u).norm() / g_o.norm())
         fns = {v: make_step(mod, x, t) for v, mod in mods.items()}
-        times = _timing.interleaved(fns, reps=reps, warmup=warmup, budget_s=budget, max_reps=args.max_reps)
+        cpu = {}
+        times = _timing.interleaved(fns, reps=reps, warmup=warmup, budget_s=budget, max_reps=args.max_reps,
+                                    cpu_times=cpu)
         entry["timing"] = {v: _timing.summarize(ts) for v, ts in times.items()}
+        for v in times:  # cores actually used: process CPU time / wall time, median over steps
+            entry["timing"][v]["cpu_per_wall_median"] = statistics.median(c / w for c, w in zip(cpu[v], times[v]))
         entry["times_s"] = times
         med0 = entry["timing"]["plain"]["median_s"]
         entry["ratio_median"] = {v: s["median_s"] / med0 for v, s in entry["timing"].items()}
         entry["ratio_min"] = {v: s["min_s"] / entry["timing"]["plain"]["min_s"] for v, s in entry["timing"].items()}
+        # robust to slow drifts of the machine's speed: the median over rounds of (variant / plain, same round)
+        entry["ratio_paired_median"] = {
+            v: statistics.median(a / p for a, p in zip(ts, times["plain"])) for v, ts in times.items()
+        }
         del mods, fns
         if not args.no_memory:
-            entry["memory"] = run_memory(name, args.quick, [v for v in VARIANTS if v in entry["timing"]])
+            entry["memory"] = run_memory(name, args.quick, [v for v in VARIANTS if v in entry["timing"]],
+                                         parallel=3 if args.quick else 2)
         info["shapes"][name] = entry
-        msg = "  ".join(f"{v} {1e3 * s['median_s']:.2f} ms" for v, s in entry["timing"].items())
-        print(f"[{threads} thr] {name:8s} reps={len(times['plain'])}  {msg}  ({time.perf_counter() - t0:.1f} s)",
-              flush=True)
+        msg = "  ".join(f"{v} {1e3 * s['median_s']:.2f} ms" + ("" if v == "plain" else
+                                                              f" (paired {entry['ratio_paired_median'][v]:.2f}×)")
+                        for v, s in entry["timing"].items())
+        util = entry["timing"]["plain"]["cpu_per_wall_median"]
+        print(f"[{threads} thr] {name:8s} reps={len(times['plain'])}  {msg}  (plain cpu/wall {util:.2f}; "
+              f"{time.perf_counter() - t0:.1f} s)", flush=True)
+    info["parallel_check_end"] = _timing.parallel_check(threads)
     return info
 
 
@@ -264,6 +298,10 @@ def _fmt(x, spec):
     return format(x, spec) if isinstance(x, (int, float)) else "–"
 
 
+def _ratio(rt, rmin, v):
+    return f"{rt[v]:.2f}× ({rmin[v]:.2f}×)" if v in rt else "–"
+
+
 def table(res: dict) -> str:
     lines = [
         "| shape | b | n | m | floor | plain ms | ours ms | ours/plain | official ms | official/plain "
@@ -271,12 +309,12 @@ def table(res: dict) -> str:
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, e in res["shapes"].items():
-        tm, rt, mem = e["timing"], e["ratio_median"], e.get("memory", {})
+        tm, rt, rmin, mem = e["timing"], e["ratio_median"], e["ratio_min"], e.get("memory", {})
         mem_plain = (mem.get("plain") or {}).get("step_mb")
         lines.append(
             f"| {SHORT[name]} | {e['b']} | {e['n']} | {e['m']} | {e['floor']:.2f}× | {_fmt_ms(tm['plain'])} "
-            f"| {_fmt_ms(tm.get('ours'))} | {_fmt(rt.get('ours'), '.2f')}× | {_fmt_ms(tm.get('official'))} "
-            f"| {_fmt(rt.get('official'), '.2f')}× | {_fmt(mem_plain, '.1f')} "
+            f"| {_fmt_ms(tm.get('ours'))} | {_ratio(rt, rmin, 'ours')} | {_fmt_ms(tm.get('official'))} "
+            f"| {_ratio(rt, rmin, 'official')} | {_fmt(mem_plain, '.1f')} "
             f"| {_fmt((mem.get('ours') or {}).get('extra_mb'), '+.1f')} "
             f"| {_fmt((mem.get('official') or {}).get('extra_mb'), '+.1f')} |"
         )
@@ -292,8 +330,14 @@ def header(res: dict) -> str:
         f"(torch.get_num_threads()={res['torch_num_threads']}); torch_tract {res['official'] or 'not installed'}; "
         f"env: {env}"
         + ("; OMP_WAIT_POLICY=PASSIVE was set before importing torch" if res["threads"] > 1 else "")
-        + (" [--quick: batch/4, few reps]" if res["quick"] else "")
-        + "\n\nms = median (min) seconds per forward+backward step ×10³; ratios are medians over plain's median; "
+        + (" [--quick: batch/4, few reps; memory measured for the first thread setting only]" if res["quick"] else "")
+        + "\n\nGEMM check (1536³ matmul loop, start → end of this worker): "
+        + " → ".join(f"{c['gflops']:.0f} GFLOPS at {c['cpu_per_wall']:.2f} cores"
+                     for c in (res.get("parallel_check_start"), res.get("parallel_check_end")) if c)
+        + "; median cores used by a plain step: "
+        + ", ".join(f"{SHORT[k]} {e['timing']['plain'].get('cpu_per_wall_median', float('nan')):.2f}"
+                    for k, e in res["shapes"].items())
+        + "\n\nms = median (min) of the per-step wall time, in ms; ratio = median / plain's median (min / plain's min); "
         "extra MB = peak-RSS rise of one step minus plain's, fresh process.\n"
     )
 
@@ -306,10 +350,12 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--reps", type=int, default=None, help="minimum timed rounds (default 21; quick 5)")
     ap.add_argument("--max-reps", type=int, default=101, help="cap when --budget raises the rounds")
-    ap.add_argument("--budget", type=float, default=4.0, help="seconds of timed rounds per shape (default 4)")
+    ap.add_argument("--budget", type=float, default=6.0, help="seconds of timed rounds per shape (default 6)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 5; quick 1)")
     ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurement")
     ap.add_argument("--no-official", action="store_true", help="skip torch_tract even if installed")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="keep glibc's default malloc thresholds in the timing workers (noisier)")
     ap.add_argument("--memory-child", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -330,17 +376,21 @@ def main(argv=None) -> int:
     thread_list = [args.threads] if args.threads else [1, 2]
     t_start = time.perf_counter()
     results = []
-    for n in thread_list:
+    for i, n in enumerate(thread_list):
         env = dict(os.environ)
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(n)
         if n > 1:
             env["OMP_WAIT_POLICY"] = "PASSIVE"
+        if not args.system_malloc:
+            env.update(MALLOC_ENV)
         print(f"== worker: {n} thread(s), OMP_NUM_THREADS={n}, MKL_NUM_THREADS={n}"
               + (", OMP_WAIT_POLICY=PASSIVE (set before torch is imported)" if n > 1 else ""), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "res.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-out", str(out), "--threads", str(n)]
             cmd += sys.argv[1:] if argv is None else list(argv)
+            if args.quick and i > 0:  # quick: fresh-process memory only for the first thread setting
+                cmd.append("--no-memory")
             # the user's own arguments follow ours, so a --threads given there wins (it is the same value)
             p = subprocess.run(cmd, env=env)
             if p.returncode != 0 or not out.exists():
