@@ -165,6 +165,7 @@ class Trainer:
         self.optimizer = build_optimizer(groups, cfg.optim)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, tc.epochs)
+        self._constant_lr = cfg.schedule.name == "none" and cfg.schedule.warmup_epochs == 0
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.amp == "fp16" else None
 
         # state
@@ -311,7 +312,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        if not self._constant_lr:  # a constant schedule has nothing to step (saves ~10 µs a step)
+            self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1

@@ -85,8 +85,10 @@ class Task:
     def accumulate(total: Dict[str, torch.Tensor], stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Add ``stats`` into ``total`` (in float64, float32 on MPS) without synchronising the device."""
         for k, v in stats.items():
-            v = v.detach().to(_acc_dtype(v.device))
-            total[k] = total[k] + v if k in total else v.clone()
+            if k in total:
+                total[k].add_(v.detach())
+            else:
+                total[k] = v.detach().to(_acc_dtype(v.device), copy=True)
         return total
 
     @torch.no_grad()
@@ -154,9 +156,10 @@ class Classification(Task):
             stats = {
                 "loss": per_sample.detach().sum(),
                 "acc": (logits.argmax(-1) == y).sum(),
-                "n": torch.tensor(float(y.shape[0]), device=per_sample.device),
+                # new_full fills on the device: no blocking host-to-device copy per step on CUDA
+                "n": per_sample.new_full((), float(y.shape[0])),
             }
-            if logits.shape[-1] >= 10:
+            if logits.shape[-1] >= 10 and not model.training:  # top-5 in evaluation only (topk is costly)
                 top5 = logits.topk(5, dim=-1).indices
                 stats["acc5"] = (top5 == y.unsqueeze(-1)).any(-1).sum()
         return loss, stats
