@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from tractable.tract.gram import Geometry, gram, num_rows, rows
+from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry, gram, num_rows, rows
 from tractable.tract.solve import Lam, float64_needed, precondition_bxb, precondition_nxn
 
 
@@ -37,7 +37,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def tract_gradient(
-    M: torch.Tensor, x: torch.Tensor, geom: Geometry, lam: Lam, form: str = "auto", chunk_bytes: int = 256 << 20
+    M: torch.Tensor, x: torch.Tensor, geom: Geometry, lam: Lam, form: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> torch.Tensor:
     """Pure function: the TrAct weight gradient from the plain one ``M`` (weight-shaped) and the layer input ``x``.
 

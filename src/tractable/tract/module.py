@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from tractable.tract.function import TrActWeight, compute_dtype
-from tractable.tract.gram import Geometry
+from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry
 
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FORMS = ("auto", "nxn", "bxb")
@@ -84,7 +84,7 @@ def _check_module(module) -> None:
 class TrAct(nn.Module):
     """Enable TrAct gradients on a layer, in place, and return it.
 
-    ``TrAct(module, l=0.1, *, lambda_=None, exact=False, form="auto", chunk_bytes=256 MiB, process_group=None)``
+    ``TrAct(module, l=0.1, *, lambda_=None, exact=False, form="auto", chunk_bytes=8 MiB, process_group=None)``
 
     * ``module``: an ``nn.Linear``/``Conv1d``/``Conv2d``/``Conv3d`` (or subclass); every option is supported.
     * ``l`` / ``lambda_``: λ > 0, the ridge on the uncentred second moment of the layer's input rows. Paper
@@ -104,7 +104,7 @@ class TrAct(nn.Module):
     _tract_base: type = nn.Module
 
     def __new__(cls, module=None, l=None, *, lambda_=None, exact=False, form="auto",
-                chunk_bytes=256 << 20, process_group=None):
+                chunk_bytes=DEFAULT_CHUNK_BYTES, process_group=None):
         if cls is not TrAct:
             if module is not None:
                 raise TypeError(f"{cls.__name__} is made by TrAct(layer), not constructed directly")

@@ -72,9 +72,11 @@ def _eye_like(K: torch.Tensor) -> torch.Tensor:
 def solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """``M K⁻¹`` for SPD ``K`` (batched: M ``(G, m, n)``, K ``(G, n, n)``), Cholesky with a float64 fallback."""
     L, info = torch.linalg.cholesky_ex(K)
-    Y = torch.cholesky_solve(M.mT, L).mT
+    # M K⁻¹ = (M L⁻ᵀ) L⁻¹: two right-sided triangular solves (measured faster than cholesky_solve on Mᵀ)
+    Y = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L.mT, M, upper=True, left=False),
+                                      upper=False, left=False)
     if _eager_host(K):
-        if bool((info == 0).all()) and bool(torch.isfinite(L).all()):
+        if not bool(info.any()) and bool(torch.isfinite(L).all()):
             return Y
         K64 = K.double()
         K64 = (K64 + K64.mT) * 0.5
@@ -88,7 +90,8 @@ def solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 
 def precondition_nxn(M: torch.Tensor, S: torch.Tensor, b: Union[int, torch.Tensor], lam: Lam) -> torch.Tensor:
     """``M (S/b + λI)⁻¹`` with S the per-group Gram, shapes M ``(G, m, n)``, S ``(G, n, n)``."""
-    K = S / b + lam * _eye_like(S)
+    K = S / b
+    K.diagonal(dim1=-2, dim2=-1).add_(lam)
     return solve_right(M, K)
 
 
