@@ -1,7 +1,7 @@
 """Right-multiplication of a weight gradient by TrAct's preconditioner P = (XᵀX/b + λI)⁻¹, never forming P.
 
 n×n form (paper Eq. 12): ``K = S/b + λI`` is symmetric positive definite for λ > 0; with its Cholesky factor
-``K = LLᵀ`` the preconditioned gradient is ``M K⁻¹ = cholesky_solve(Mᵀ, L)ᵀ``, batched over groups.
+``K = LLᵀ`` the preconditioned gradient is ``M K⁻¹ = (M L⁻ᵀ) L⁻¹`` (two triangular solves), batched over groups.
 
 b×b form (push-through / Woodbury, for b < n): ``(λI + UUᵀ/b)⁻¹ = (1/λ)[I − U(bλI + UᵀU)⁻¹Uᵀ]`` with
 ``U = Xᵀ``, so ``M P = (M − (MU)(bλI + UᵀU)⁻¹Uᵀ)/λ``: a b×b factorisation instead of an n×n one. It needs only
