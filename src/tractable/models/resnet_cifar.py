@@ -46,9 +46,11 @@ def _downsample(in_planes: int, out_planes: int, stride: int) -> Optional[nn.Mod
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 conv-BN layers with an identity (or 1×1 conv-BN) shortcut; ReLU after the sum."""
+    """Two 3×3 conv-BN layers with an identity (or 1×1 conv-BN) shortcut; the activation (ReLU by default)
+    after the first conv-BN and after the sum."""
 
     expansion = 1
+    activation = nn.ReLU
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
@@ -56,14 +58,14 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.act = self.activation()
         self.downsample = _downsample(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.act(out + identity)
 
 
 class Bottleneck(nn.Module):

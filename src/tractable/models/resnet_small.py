@@ -25,32 +25,15 @@ import torch.nn as nn
 
 from tractable.models import _checks
 from tractable.models.registry import register_model
+from tractable.models.resnet_cifar import BasicBlock
 
 __all__ = ["SmallResNet", "GELUBasicBlock"]
 
 
-class GELUBasicBlock(nn.Module):
+class GELUBasicBlock(BasicBlock):
     """BasicBlock with GELU: conv3×3-BN-GELU-conv3×3-BN, + shortcut, GELU."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.act = nn.GELU()
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
-        else:
-            self.downsample = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act(out + identity)
+    activation = nn.GELU
 
 
 class SmallResNet(nn.Module):
