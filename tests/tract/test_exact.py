@@ -186,3 +186,17 @@ def test_exact_mode_without_precondition_leaves_the_plain_gradient():
     _loss(model, x, y).backward()
     _loss(plain, x, y).backward()
     assert torch.equal(model[0].weight.grad, plain[0].weight.grad)
+
+
+def test_linear_exact_mode_with_accumulation_equals_full_batch():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 5).double()
+    x = torch.randn(3, 8, 12, dtype=torch.float64)  # tokens: b = 24 rows
+    R = torch.randn(3, 8, 5, dtype=torch.float64)
+    full = tractable.TrAct(copy.deepcopy(base), l=0.1)
+    (full(x) * R).sum().backward()
+    exact = tractable.TrAct(copy.deepcopy(base), l=0.1, exact=True)
+    for i in range(3):
+        (exact(x[i:i + 1]) * R[i:i + 1]).sum().backward()
+    tractable.precondition_(exact)
+    assert _rel(exact.weight.grad, full.weight.grad) < 1e-10

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry, gram, num_rows, rows
-from tractable.tract.solve import Lam, float64_needed, precondition_bxb, precondition_nxn
+from tractable.tract.solve import Lam, float64_needed, precondition_bxb, precondition_nxn, solve_right
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -62,6 +62,72 @@ def tract_gradient(
             Mg = Mg.double()
         out = precondition_nxn(Mg, S, b, lam)
     return out.reshape(M.shape).to(M.dtype)
+
+
+def linear_tract_gradient(
+    G: torch.Tensor, x: torch.Tensor, lam: Lam, form: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Pure function: a Linear layer's TrAct weight gradient ``(m, n)`` from its output gradient ``G (*, m)``.
+
+    With G at hand the b×b form needs no plain gradient: ``Gᵀ(XXᵀ/b + λI)⁻¹X = b·Gᵀ(XXᵀ + bλI)⁻¹X`` (a b×b
+    Gram, a Cholesky factorisation, two triangular solves and one GEMM in place of the plain GᵀX). The n×n form
+    computes GᵀX itself and preconditions it. Everything runs in ``dtype`` (default float32, float64 for
+    float64 operands).
+    """
+    n, m = x.shape[-1], G.shape[-1]
+    dtype = dtype or compute_dtype(G, x)
+    X = x.reshape(-1, n).to(dtype)
+    Gm = G.reshape(-1, m).to(dtype)
+    b = X.shape[0]
+    if b == 0:
+        return X.new_zeros((m, n))
+    if form == "bxb" or (form == "auto" and b < n):
+        if dtype == torch.float32 and float64_needed((X * X).mean(0), lam):
+            X, Gm = X.double(), Gm.double()
+        Kb = X @ X.mT
+        Kb.diagonal().add_(b * lam)
+        Z = solve_right(Gm.mT.unsqueeze(0), Kb.unsqueeze(0))[0]  # Gᵀ (XXᵀ + bλI)⁻¹, (m, b)
+        return ((b * Z) @ X).to(dtype)
+    return tract_gradient(Gm.mT @ X, x, Geometry("linear", n), lam, "nxn", chunk_bytes).to(dtype)
+
+
+class TrActLinearOutput(torch.autograd.Function):
+    """For Linear layers: ``out' = out`` in the forward, where ``out = F.linear(x, weight.detach(), bias)``;
+    the backward passes G on unchanged (so the input and bias gradients stay native) and returns TrAct's weight
+    gradient computed from G and x (:func:`linear_tract_gradient`) for ``weight``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(out, x, weight, lam, form, chunk_bytes):  # type: ignore[override]
+        return out.view_as(out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        out, x, weight, lam, form, chunk_bytes = inputs
+        if isinstance(lam, torch.Tensor):
+            ctx.save_for_backward(x.detach(), lam.detach())
+            ctx.lam = None
+        else:
+            ctx.save_for_backward(x.detach())
+            ctx.lam = lam
+        ctx.form, ctx.chunk_bytes = form, chunk_bytes
+        ctx.weight_dtype = weight.dtype
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return (None,) * 6
+        saved = ctx.saved_tensors
+        x = saved[0]
+        lam = ctx.lam if ctx.lam is not None else saved[1]
+        dtype = torch.float64 if ctx.weight_dtype == torch.float64 else None
+        device = x.device.type
+        guard = torch.autocast(device_type=device, enabled=False) if _autocast_on(device) else _NO_CONTEXT
+        with guard:
+            gw = linear_tract_gradient(grad, x, lam, ctx.form, ctx.chunk_bytes, dtype)
+        return grad, None, gw.to(ctx.weight_dtype), None, None, None
 
 
 class TrActWeight(torch.autograd.Function):

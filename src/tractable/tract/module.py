@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from tractable.tract.function import TrActWeight, compute_dtype
+from tractable.tract.function import TrActLinearOutput, TrActWeight, compute_dtype
 from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry
 
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -195,8 +195,11 @@ class TrAct(nn.Module):
             self._tract_count = torch.zeros((), dtype=dtype, device=weight.device, requires_grad=True)
         return self._tract_stat, self._tract_count
 
+    def _tract_active(self, weight: torch.Tensor) -> bool:
+        return not (self.tract_plain_grad or _PLAIN_DEPTH > 0) and torch.is_grad_enabled() and weight.requires_grad
+
     def _tract_weight(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.tract_plain_grad or _PLAIN_DEPTH > 0 or not (torch.is_grad_enabled() and weight.requires_grad):
+        if not self._tract_active(weight):
             return weight
         stat = count = None
         if self.tract_exact:
@@ -208,7 +211,13 @@ class TrAct(nn.Module):
 
 
 def _linear_forward(self, input: torch.Tensor) -> torch.Tensor:
-    return F.linear(input, self._tract_weight(self.weight, input), self.bias)
+    weight = self.weight
+    if self.tract_exact or not self._tract_active(weight):
+        return F.linear(input, self._tract_weight(weight, input), self.bias)
+    # default mode: the weight gradient is computed from the output gradient G (cheaper b×b form); the layer
+    # itself sees a detached weight, so its native backward makes only the input and bias gradients
+    out = F.linear(input, weight.detach(), self.bias)
+    return TrActLinearOutput.apply(out, input, weight, self.tract_lambda, self.tract_form, self.tract_chunk_bytes)
 
 
 def _tract_class(base: type) -> type:
