@@ -26,6 +26,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from tractable.tract.eager import plain_eager
+
 
 DEFAULT_CHUNK_BYTES = 8 << 20  # measured: small reused chunks beat large ones (cache, no page faults)
 
@@ -113,17 +115,6 @@ def _chunks(xb: torch.Tensor, geom: Geometry, esize: int, chunk_bytes: int):
                 yield v[:, :, o0 : o0 + oc].permute(perm)
 
 
-def _plain_eager(t: torch.Tensor) -> bool:
-    """Eager mode on a plain tensor (not traced by compile, not wrapped by a torch.func transform)."""
-    if type(t) is not torch.Tensor or torch.compiler.is_compiling():
-        return False
-    try:
-        from torch._C._functorch import is_functorch_wrapped_tensor
-    except ImportError:  # pragma: no cover
-        return True
-    return not is_functorch_wrapped_tensor(t)
-
-
 UPPER_MIN_N = 256  # from this n on, only the upper block triangle of S is multiplied (then mirrored)
 
 def _gram_buffered(xb: torch.Tensor, geom: Geometry, dtype: torch.dtype, esize: int, chunk_bytes: int):
@@ -173,7 +164,7 @@ def gram(
         return S.unsqueeze(0), b
     xb = _batched(x, geom)
     b = num_rows(xb, geom)
-    if _plain_eager(xb):
+    if plain_eager(xb):
         return _gram_buffered(xb, geom, dtype, esize, chunk_bytes), b
     S = None
     for piece in _chunks(xb, geom, esize, chunk_bytes):

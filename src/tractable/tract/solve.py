@@ -21,22 +21,9 @@ from typing import Union
 
 import torch
 
+from tractable.tract.eager import eager_host
+
 Lam = Union[float, torch.Tensor]
-
-
-try:
-    from torch._C._functorch import is_functorch_wrapped_tensor as _is_functorch_wrapped
-except ImportError:  # pragma: no cover - very old torch
-    _is_functorch_wrapped = None
-
-
-def _eager_host(t: torch.Tensor) -> bool:
-    """True when reading a value of ``t`` on the host is free and legal (eager CPU, plain tensor)."""
-    if type(t) is not torch.Tensor or t.device.type != "cpu":
-        return False
-    if torch.compiler.is_compiling():
-        return False
-    return not (_is_functorch_wrapped is not None and _is_functorch_wrapped(t))
 
 
 FLOAT32_RATIO_LIMIT = 1e4
@@ -50,7 +37,7 @@ def float64_needed(diag_mean_sq: torch.Tensor, lam: Lam) -> bool:
     as raw [0, 255] pixels). Beyond ``max diag / λ > 1e4`` the statistic and the solve are redone in float64.
     Returns False wherever reading a value would need a host synchronisation (then float32 is kept).
     """
-    if not _eager_host(diag_mean_sq):
+    if not eager_host(diag_mean_sq):
         return False
     lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
     top, mean = torch.stack([diag_mean_sq.max(), diag_mean_sq.mean()]).tolist()  # one read
@@ -75,7 +62,7 @@ def solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     # M K⁻¹ = (M L⁻ᵀ) L⁻¹: two right-sided triangular solves (measured faster than cholesky_solve on Mᵀ)
     Y = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L.mT, M, upper=True, left=False),
                                       upper=False, left=False)
-    if _eager_host(K):
+    if eager_host(K):
         if not bool(info.any()) and bool(torch.isfinite(L).all()):
             return Y
         K64 = K.double()
