@@ -92,6 +92,21 @@ def linear_tract_gradient(
     return tract_gradient(Gm.mT @ X, x, Geometry("linear", n), lam, "nxn", chunk_bytes).to(dtype)
 
 
+def _save_input_and_lambda(ctx, x: torch.Tensor, lam: Lam) -> None:
+    """Save the layer input (and λ when it is a tensor) for the backward."""
+    if isinstance(lam, torch.Tensor):
+        ctx.save_for_backward(x.detach(), lam.detach())
+        ctx.lam = None
+    else:
+        ctx.save_for_backward(x.detach())
+        ctx.lam = lam
+
+
+def _saved_input_and_lambda(ctx):
+    saved = ctx.saved_tensors
+    return saved[0], (ctx.lam if ctx.lam is not None else saved[1])
+
+
 class TrActLinearOutput(torch.autograd.Function):
     """For Linear layers: ``out' = out`` in the forward, where ``out = F.linear(x, weight.detach(), bias)``;
     the backward passes G on unchanged (so the input and bias gradients stay native) and returns TrAct's weight
@@ -106,12 +121,7 @@ class TrActLinearOutput(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         out, x, weight, lam, form, chunk_bytes = inputs
-        if isinstance(lam, torch.Tensor):
-            ctx.save_for_backward(x.detach(), lam.detach())
-            ctx.lam = None
-        else:
-            ctx.save_for_backward(x.detach())
-            ctx.lam = lam
+        _save_input_and_lambda(ctx, x, lam)
         ctx.form, ctx.chunk_bytes = form, chunk_bytes
         ctx.weight_dtype = weight.dtype
 
@@ -119,9 +129,7 @@ class TrActLinearOutput(torch.autograd.Function):
     def backward(ctx, grad):
         if grad is None:
             return (None,) * 6
-        saved = ctx.saved_tensors
-        x = saved[0]
-        lam = ctx.lam if ctx.lam is not None else saved[1]
+        x, lam = _saved_input_and_lambda(ctx)
         dtype = torch.float64 if ctx.weight_dtype == torch.float64 else None
         device = x.device.type
         guard = torch.autocast(device_type=device, enabled=False) if _autocast_on(device) else _NO_CONTEXT
@@ -151,12 +159,7 @@ class TrActWeight(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         weight, x, lam, geom, form, chunk_bytes, stat, count = inputs
-        if isinstance(lam, torch.Tensor):
-            ctx.save_for_backward(x.detach(), lam.detach())
-            ctx.lam = None
-        else:
-            ctx.save_for_backward(x.detach())
-            ctx.lam = lam
+        _save_input_and_lambda(ctx, x, lam)
         ctx.geom = geom
         ctx.form = form
         ctx.chunk_bytes = chunk_bytes
@@ -164,9 +167,7 @@ class TrActWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        x = saved[0]
-        lam = ctx.lam if ctx.lam is not None else saved[1]
+        x, lam = _saved_input_and_lambda(ctx)
         nothing = (None,) * 6
         if grad is None:
             return (None, None) + nothing
