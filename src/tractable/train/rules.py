@@ -18,47 +18,31 @@ it with the config. Method packages stay independent of the runner: the rule cla
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.nn as nn
 
 from tractable.train.hooks import Hook
+from tractable.train.registry import ClassRegistry
 
 __all__ = ["LearningRule", "NormalRule", "TrActRule", "register_rule", "build_rule", "list_rules"]
 
-_RULES: Dict[str, Type["LearningRule"]] = {}
+_RULES = ClassRegistry("learning rule", "method.name", lambda: LearningRule)
 
 
 def register_rule(name: str) -> Callable[[type], type]:
     """Class decorator: make a :class:`LearningRule` subclass available as ``method.name=<name>``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"register_rule: name must be a non-empty string, got {name!r}")
-
-    def deco(cls):
-        if not (isinstance(cls, type) and issubclass(cls, LearningRule)):
-            raise TypeError(f"register_rule({name!r}): expected a LearningRule subclass, got {cls!r}")
-        if name in _RULES and _RULES[name] is not cls:
-            raise ValueError(f"register_rule: a learning rule named {name!r} is already registered "
-                             f"({_RULES[name].__qualname__})")
-        _RULES[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _RULES.register(name)
 
 
 def list_rules() -> List[str]:
     """Names accepted by ``method.name``."""
-    return sorted(_RULES)
+    return _RULES.names()
 
 
 def build_rule(method_cfg) -> "LearningRule":
     """Instantiate the rule named ``method_cfg.name`` with the config."""
-    name = method_cfg.name
-    if name not in _RULES:
-        raise ValueError(f"method.name: unknown learning rule {name!r}; accepted values: "
-                         f"{', '.join(map(repr, list_rules()))}")
-    return _RULES[name](method_cfg)
+    return _RULES.get(method_cfg.name)(method_cfg)
 
 
 class LearningRule:

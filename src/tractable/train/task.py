@@ -14,43 +14,32 @@ ranks and summarizes them. Register a new task (reconstruction, denoising, …) 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Tuple, Type
+from typing import Callable, Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from tractable.train.distributed import all_reduce_sum
+from tractable.train.registry import ClassRegistry
 
 __all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks"]
 
-_TASKS: Dict[str, Type["Task"]] = {}
+_TASKS = ClassRegistry("task", "task", lambda: Task)
 
 
 def register_task(name: str) -> Callable[[type], type]:
     """Class decorator: make a :class:`Task` subclass available as ``task=<name>``."""
-
-    def deco(cls):
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise TypeError(f"register_task({name!r}): expected a Task subclass, got {cls!r}")
-        if name in _TASKS and _TASKS[name] is not cls:
-            raise ValueError(f"register_task: a task named {name!r} is already registered")
-        _TASKS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _TASKS.register(name)
 
 
 def list_tasks() -> List[str]:
-    return sorted(_TASKS)
+    return _TASKS.names()
 
 
 def build_task(cfg) -> "Task":
     """The task named ``cfg.task``, built from the whole :class:`~tractable.train.config.RunConfig`."""
-    if cfg.task not in _TASKS:
-        raise ValueError(f"task: unknown task {cfg.task!r}; accepted values: {', '.join(map(repr, list_tasks()))}")
-    return _TASKS[cfg.task].from_config(cfg)
+    return _TASKS.get(cfg.task).from_config(cfg)
 
 
 class Task:
