@@ -22,6 +22,16 @@ import torch.nn.functional as F
 _PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move CPU-drawn random parameters to the data's device without blocking the host: a copy from pageable
+    memory to CUDA synchronises the stream, one from pinned memory does not."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
 def _check_batch(x: torch.Tensor, what: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -54,7 +64,7 @@ def crop_with_offsets(x: torch.Tensor, pad: int, offsets: torch.Tensor, mode: st
         return x.clone()
     if offsets.numel() and (int(offsets.min()) < 0 or int(offsets.max()) > 2 * pad):  # checked where drawn
         raise ValueError(f"offsets must lie in [0, {2 * pad}]")
-    offsets = offsets.to(device=x.device, dtype=torch.long)
+    offsets = to_device(offsets.to(torch.long), x.device)
     n, c = x.shape[:2]
     if mode == "constant":
         padded = F.pad(x, (pad,) * (2 * spatial))
@@ -96,7 +106,7 @@ def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     _check_batch(x, "flip_where")
     if mask.shape != (x.shape[0],) or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor of shape ({x.shape[0]},), got {mask.dtype} {tuple(mask.shape)}")
-    mask = mask.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    mask = to_device(mask, x.device).view(-1, *([1] * (x.dim() - 1)))
     return torch.where(mask, x.flip(-1), x)
 
 
