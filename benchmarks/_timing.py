@@ -1,7 +1,8 @@
 """Small shared helpers for the benchmarks: machine facts, interleaved timing, peak-RSS measurement.
 
 Nothing here imports torch at module level, so a parent process can use it to orchestrate workers whose
-thread environment (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) must be set before torch is imported.
+thread environment (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) must be set before torch is imported. The CUDA
+helpers (``cuda_info``, ``cuda_gemm_check``, ``cuda_peak_delta_mb``) import torch when called.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def interleaved(
     budget_s: Optional[float] = None,
     max_reps: Optional[int] = None,
     cpu_times: Optional[Dict[str, List[float]]] = None,
+    sync: Optional[Callable[[], None]] = None,
 ) -> Dict[str, List[float]]:
     """Time every callable round-robin: each repetition runs every variant once, in a rotating order.
 
@@ -61,13 +63,20 @@ def interleaved(
     warm-up round). Returns the per-step wall times in seconds for each variant; if ``cpu_times`` is a dict it
     receives the per-step process CPU times (all threads), whose ratio to wall time shows how many cores a step
     really got.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before every clock reading, so that a step's time
+    covers exactly its own queued device work; ``None`` (the CPU) calls nothing.
     """
     names = list(fns)
     last_round = 0.0
     for _ in range(warmup):
+        if sync is not None:
+            sync()
         t0 = time.perf_counter()
         for name in names:
             fns[name]()
+        if sync is not None:
+            sync()
         last_round = time.perf_counter() - t0
     if budget_s is not None and last_round > 0:
         reps = max(reps, min(max_reps or reps, int(budget_s / last_round)))
@@ -76,9 +85,13 @@ def interleaved(
     for r in range(reps):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if sync is not None:
+                sync()
             c0 = time.process_time()
             t0 = time.perf_counter()
             fns[name]()
+            if sync is not None:
+                sync()
             t1 = time.perf_counter()
             times[name].append(t1 - t0)
             cpu[name].append(time.process_time() - c0)
@@ -153,3 +166,60 @@ def peak_delta_mb(fn: Callable[[], None]) -> Dict[str, float]:
     fn()
     peak = peak_rss_kb()
     return {"peak_delta_mb": (peak - base) * 1024 / 1e6, "peak_reset": reset_ok}
+
+
+# -- CUDA (torch imported on call) ---------------------------------------------------------------------------
+def cuda_info() -> Dict[str, object]:
+    """The current CUDA device, the CUDA/cuDNN versions torch was built with, and the TF32 settings."""
+    import torch
+
+    dev = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(dev)
+    major, minor = torch.cuda.get_device_capability(dev)
+    return {
+        "device_name": torch.cuda.get_device_name(dev),
+        "device_index": dev,
+        "device_count": torch.cuda.device_count(),
+        "capability": f"{major}.{minor}",
+        "total_mem_gib": round(props.total_memory / 2**30, 1),
+        "multi_processors": props.multi_processor_count,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+def cuda_gemm_check(size: int = 4096, reps: int = 10, dtype: str = "float32") -> Dict[str, object]:
+    """Throughput of a ``size``³ matmul loop on the current CUDA device, synchronised before each clock reading."""
+    import torch
+
+    a = torch.randn(size, size, device="cuda", dtype=getattr(torch, dtype))
+    a @ a
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    del a
+    return {"size": size, "dtype": dtype, "tflops": 2 * size**3 * reps / wall / 1e12}
+
+
+def cuda_peak_delta_mb(fn: Callable[[], None]) -> Dict[str, float]:
+    """Run ``fn`` once; the rise of ``torch.cuda.max_memory_allocated()`` above ``memory_allocated()`` before it.
+
+    Exact (the caching allocator's own count of live tensor bytes), in MB (10⁶ bytes); ``peak_mb`` and
+    ``base_mb`` are the absolute figures.
+    """
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"step_mb": (peak - base) / 1e6, "peak_mb": peak / 1e6, "base_mb": base / 1e6}

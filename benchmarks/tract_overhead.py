@@ -1,11 +1,24 @@
 #!/usr/bin/env python
-"""TrAct overhead on the CPU: one first-layer forward + backward step, plain layer vs TrAct.
+"""TrAct overhead on the CPU or a CUDA GPU: one first-layer forward + backward step, plain layer vs TrAct.
 
 Run from the repository root::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tract_overhead.py            # 1 and 2 threads (~3-4 min)
     .venv/bin/python benchmarks/tract_overhead.py --threads 1                  # one thread setting
     .venv/bin/python benchmarks/tract_overhead.py --quick                      # smoke run (< 1 min)
+    .venv/bin/python benchmarks/tract_overhead.py --amp bf16                   # CPU autocast bf16 around the forward
+
+On a CUDA GPU (a CUDA build of torch, with ``tractable`` importable: ``pip install -e .`` or ``PYTHONPATH=src``)::
+
+    python benchmarks/tract_overhead.py --device cuda --quick                  # smoke run (seconds)
+    python benchmarks/tract_overhead.py --device cuda                          # float32
+    python benchmarks/tract_overhead.py --device cuda --amp bf16               # torch.autocast("cuda", bfloat16)
+    python benchmarks/tract_overhead.py --device cuda --amp fp16               # torch.autocast("cuda", float16)
+    python benchmarks/tract_overhead.py --device cuda --amp bf16 --scale 8     # every batch ×8
+
+Default JSON: ``results/tract_overhead.json`` (CPU), ``results/tract_overhead_cpu_bf16.json`` (CPU, --amp bf16),
+``results/tract_overhead_cuda.json`` (CUDA, float32), ``results/tract_overhead_cuda_{bf16,fp16}.json`` (CUDA
+with --amp). ``--device cuda`` without a usable GPU exits with status 2 and a one-line message.
 
 What is measured
 ----------------
@@ -28,6 +41,20 @@ from glibc's dynamic mmap threshold and heap trimming hit a random ~40 % of the 
 their time. Blocks above 32 MiB are still mmap'ed, so their page faults are paid on every step, by every variant.
 Process CPU time is recorded next to wall time: on shared VMs the second vCPU is at times unavailable, which shows
 as cores-used ≈ 1 in a 2-thread run (reported in the header of each table).
+
+With ``--amp bf16|fp16`` only ``out = layer(x)`` runs under ``torch.autocast(device, dtype)``; the loss, the
+backward and the parameters stay float32 (TrAct's statistic and solve run in float32 whatever the autocast).
+``torch_tract`` is dropped for a shape (reason in the JSON's ``official_error``) if its gradient check fails there,
+as it does for Conv2d under CPU autocast.
+
+CUDA (``--device cuda``): one process, no thread settings, no malloc pinning. Layers, inputs and loss weights are
+built on the CPU exactly as there (same seeds, same values) and moved to the GPU. Every clock reading is preceded
+by ``torch.cuda.synchronize()``, so a step's time is its host launch time plus its own GPU work; warm-up rounds and
+interleaving as on the CPU. Memory is exact and measured in the same process after the timing:
+``torch.cuda.reset_peak_memory_stats()``, one step, ``max_memory_allocated()`` minus ``memory_allocated()`` before
+the step; "extra MB" = variant's rise − plain's. torch's TF32 defaults are left as they are and recorded (with
+them float32 convolutions may use TF32 in cuDNN while float32 matmuls do not). The header gives a 4096³ float32
+GEMM check at the start and end of the run.
 
 Memory: the extra peak memory of one step is measured in a fresh subprocess per (shape, variant)
 (``--memory-child``). The child builds everything, runs one warm-up step (library initialisation and caches
@@ -77,6 +104,7 @@ import _timing  # noqa: E402
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "tract_overhead.json"
 VARIANTS = ("plain", "ours", "official")
+AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
 # glibc malloc for the timing workers: a fixed 32 MiB mmap threshold (glibc's own ceiling for its dynamic one) and
 # no heap trimming, so that blocks up to 32 MiB are reused without page faults. With glibc's defaults the dynamic
 # threshold and trimming make ~40 % of the steps of a 4 ms layer pay thousands of page faults (4.8 ms vs 9.3 ms
@@ -105,11 +133,19 @@ def floor_ratio(b: int, n: int, m: int) -> float:
     return 1.0 + (r * s * s + s**3 / 3.0 + 2.0 * m * s * s) / (4.0 * b * m * n)
 
 
-def input_shape(name: str, quick: bool):
+def input_shape(name: str, quick: bool, scale: int = 1):
     shape = SHAPES[name][2]
     if quick:  # a quarter of the batch: same per-row geometry, same n×n / b×b form
         shape = (max(1, shape[0] // 4),) + tuple(shape[1:])
+    if scale != 1:  # --scale: every batch ×scale (b grows, so a b×b shape can switch to the n×n form)
+        shape = (shape[0] * scale,) + tuple(shape[1:])
     return shape
+
+
+def default_json(device: str, amp: str) -> Path:
+    if device == "cpu":
+        return DEFAULT_JSON if amp == "none" else HERE / "results" / f"tract_overhead_cpu_{amp}.json"
+    return HERE / "results" / ("tract_overhead_cuda.json" if amp == "none" else f"tract_overhead_cuda_{amp}.json")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,8 +160,11 @@ def _official():
         return None
 
 
-def build(name: str, quick: bool, variants=VARIANTS, seed: int = 0):
-    """Modules for the requested variants (same initial weights), the input and the loss weights."""
+def build(name: str, quick: bool, variants=VARIANTS, seed: int = 0, scale: int = 1, device: str = "cpu"):
+    """Modules for the requested variants (same initial weights), the input and the loss weights.
+
+    Everything is built on the CPU (same values whatever the device) and then moved to ``device``.
+    """
     import torch
     import torch.nn as nn
 
@@ -133,7 +172,7 @@ def build(name: str, quick: bool, variants=VARIANTS, seed: int = 0):
 
     torch.manual_seed(seed)
     base = SHAPES[name][1](nn)
-    x = torch.randn(input_shape(name, quick))
+    x = torch.randn(input_shape(name, quick, scale))
     with torch.no_grad():
         out = base(x)
     t = torch.randn_like(out)
@@ -151,44 +190,70 @@ def build(name: str, quick: bool, variants=VARIANTS, seed: int = 0):
             tt = _official()
             if tt is not None and isinstance(base, (nn.Linear, nn.Conv2d)):
                 mods[v] = tt.TrAct(copy.deepcopy(base), l=0.1)
+    if device != "cpu":
+        mods = {v: mod.to(device) for v, mod in mods.items()}
+        x, t = x.to(device), t.to(device)
     return mods, x, t, geo
 
 
-def make_step(mod, x, t):
-    def step():
-        out = mod(x)
-        loss = (out * t).sum()
-        loss.backward()
-        mod.zero_grad(set_to_none=True)
+def autocast_factory(device: str, amp: str):
+    """None for ``--amp none``, else a zero-argument callable returning ``torch.autocast(device, dtype)``."""
+    if amp == "none":
+        return None
+    import torch
+
+    dtype = getattr(torch, AMP_DTYPES[amp])
+    return lambda: torch.autocast(device, dtype=dtype)
+
+
+def make_step(mod, x, t, autocast=None):
+    """One step; with ``autocast`` (see :func:`autocast_factory`) only the forward ``mod(x)`` runs under it."""
+    if autocast is None:
+        def step():
+            out = mod(x)
+            loss = (out * t).sum()
+            loss.backward()
+            mod.zero_grad(set_to_none=True)
+    else:
+        def step():
+            with autocast():
+                out = mod(x)
+            loss = (out * t).sum()
+            loss.backward()
+            mod.zero_grad(set_to_none=True)
 
     return step
 
 
-def weight_grad(mod, x, t):
-    out = mod(x)
+def weight_grad(mod, x, t, autocast=None):
+    if autocast is None:
+        out = mod(x)
+    else:
+        with autocast():
+            out = mod(x)
     (out * t).sum().backward()
     g = mod.weight.grad.detach().clone()
     mod.zero_grad(set_to_none=True)
     return g
 
 
-def memory_child(name: str, variant: str, quick: bool) -> None:
+def memory_child(name: str, variant: str, quick: bool, amp: str = "none", scale: int = 1) -> None:
     """Fresh-process peak-RSS rise of one step (printed as one JSON line)."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    mods, x, t, _ = build(name, quick, variants=(variant,))
+    mods, x, t, _ = build(name, quick, variants=(variant,), scale=scale)
     if variant not in mods:
         print("MEMJSON " + json.dumps(None))
         return
-    step = make_step(mods[variant], x, t)
+    step = make_step(mods[variant], x, t, autocast_factory("cpu", amp))
     first = _timing.peak_delta_mb(step)
     second = _timing.peak_delta_mb(step)
     print("MEMJSON " + json.dumps({"first_step_mb": first["peak_delta_mb"], "step_mb": second["peak_delta_mb"],
                                    "peak_reset": second["peak_reset"]}))
 
 
-def run_memory(name: str, quick: bool, variants, parallel: int = 2) -> dict:
+def run_memory(name: str, quick: bool, variants, parallel: int = 2, amp: str = "none", scale: int = 1) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     res = {}
@@ -199,6 +264,7 @@ def run_memory(name: str, quick: bool, variants, parallel: int = 2) -> dict:
         procs = {}
         for v in batch:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name, v]
+            cmd += (["--amp", amp] if amp != "none" else []) + (["--scale", str(scale)] if scale != 1 else [])
             procs[v] = subprocess.Popen(cmd + (["--quick"] if quick else []), env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         for v, p in procs.items():
@@ -215,6 +281,57 @@ def run_memory(name: str, quick: bool, variants, parallel: int = 2) -> dict:
             r["extra_mb"] = r["step_mb"] - base["step_mb"]
             r["extra_first_step_mb"] = r["first_step_mb"] - base["first_step_mb"]
     return res
+
+
+def reps_warmup_budget(args):
+    reps = args.reps or (5 if args.quick else 21)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    return reps, warmup, (None if args.quick else args.budget)
+
+
+def time_shape(args, name: str, device: str = "cpu", autocast=None, sync=None):
+    """Build one shape, check ours against the official gradient, time all variants interleaved.
+
+    Returns ``(entry, mods, x, t)``; the caller measures memory and frees the modules.
+    """
+    reps, warmup, budget = reps_warmup_budget(args)
+    mods, x, t, geo = build(name, args.quick, scale=args.scale, device=device)
+    if args.no_official:
+        mods.pop("official", None)
+    entry = {"description": SHAPES[name][0], "input_shape": list(x.shape), **geo}
+    # the two TrAct implementations should agree (same Eq. 12 gradient)
+    if "official" in mods:
+        try:
+            g_o = weight_grad(mods["official"], x, t, autocast)
+        except Exception as e:  # e.g. torch_tract's conv under CPU autocast: drop it for this shape
+            entry["official_error"] = f"{type(e).__name__}: {e}"[:1000]
+            del mods["official"]
+            print(f"  {name}: torch_tract failed, skipped for this shape: {entry['official_error'][:200]}", flush=True)
+        else:
+            g_u = weight_grad(mods["ours"], x, t, autocast)
+            entry["ours_vs_official_rel_diff"] = float((g_o - g_u).norm() / g_o.norm())
+    fns = {v: make_step(mod, x, t, autocast) for v, mod in mods.items()}
+    cpu = {}
+    times = _timing.interleaved(fns, reps=reps, warmup=warmup, budget_s=budget, max_reps=args.max_reps,
+                                cpu_times=cpu, sync=sync)
+    entry["timing"] = {v: _timing.summarize(ts) for v, ts in times.items()}
+    for v in times:  # cores actually used: process CPU time / wall time, median over steps
+        entry["timing"][v]["cpu_per_wall_median"] = statistics.median(c / w for c, w in zip(cpu[v], times[v]))
+    entry["times_s"] = times
+    med0 = entry["timing"]["plain"]["median_s"]
+    entry["ratio_median"] = {v: s["median_s"] / med0 for v, s in entry["timing"].items()}
+    entry["ratio_min"] = {v: s["min_s"] / entry["timing"]["plain"]["min_s"] for v, s in entry["timing"].items()}
+    # robust to slow drifts of the machine's speed: the median over rounds of (variant / plain, same round)
+    entry["ratio_paired_median"] = {
+        v: statistics.median(a / p for a, p in zip(ts, times["plain"])) for v, ts in times.items()
+    }
+    return entry, mods, x, t
+
+
+def _timing_msg(entry) -> str:
+    return "  ".join(f"{v} {1e3 * s['median_s']:.2f} ms" + ("" if v == "plain" else
+                                                           f" (paired {entry['ratio_paired_median'][v]:.2f}×)")
+                     for v, s in entry["timing"].items())
 
 
 def worker(args) -> dict:
@@ -235,46 +352,67 @@ def worker(args) -> dict:
         "quick": args.quick,
         "shapes": {},
     }
+    if args.amp != "none":  # only when asked for, so that the default JSON keeps its keys
+        info["amp"] = args.amp
+    if args.scale != 1:
+        info["scale"] = args.scale
     info["parallel_check_start"] = _timing.parallel_check(threads)
-    reps, warmup = (args.reps or (5 if args.quick else 21)), (args.warmup if args.warmup is not None else (1 if args.quick else 5))
-    budget = None if args.quick else args.budget
+    autocast = autocast_factory("cpu", args.amp)
     for name in args.shape_list:
         t0 = time.perf_counter()
-        mods, x, t, geo = build(name, args.quick)
-        if args.no_official:
-            mods.pop("official", None)
-        entry = {"description": SHAPES[name][0], "input_shape": list(x.shape), **geo}
-        # the two TrAct implementations should agree (same Eq. 12 gradient)
-        if "official" in mods:
-            g_o, g_u = weight_grad(mods["official"], x, t), weight_grad(mods["ours"], x, t)
-            entry["ours_vs_official_rel_diff"] = float((g_o - g_u).norm() / g_o.norm())
-        fns = {v: make_step(mod, x, t) for v, mod in mods.items()}
-        cpu = {}
-        times = _timing.interleaved(fns, reps=reps, warmup=warmup, budget_s=budget, max_reps=args.max_reps,
-                                    cpu_times=cpu)
-        entry["timing"] = {v: _timing.summarize(ts) for v, ts in times.items()}
-        for v in times:  # cores actually used: process CPU time / wall time, median over steps
-            entry["timing"][v]["cpu_per_wall_median"] = statistics.median(c / w for c, w in zip(cpu[v], times[v]))
-        entry["times_s"] = times
-        med0 = entry["timing"]["plain"]["median_s"]
-        entry["ratio_median"] = {v: s["median_s"] / med0 for v, s in entry["timing"].items()}
-        entry["ratio_min"] = {v: s["min_s"] / entry["timing"]["plain"]["min_s"] for v, s in entry["timing"].items()}
-        # robust to slow drifts of the machine's speed: the median over rounds of (variant / plain, same round)
-        entry["ratio_paired_median"] = {
-            v: statistics.median(a / p for a, p in zip(ts, times["plain"])) for v, ts in times.items()
-        }
-        del mods, fns
+        entry, mods, x, t = time_shape(args, name, "cpu", autocast)
+        del mods
         if not args.no_memory:
             entry["memory"] = run_memory(name, args.quick, [v for v in VARIANTS if v in entry["timing"]],
-                                         parallel=3 if args.quick else 2)
+                                         parallel=3 if args.quick else 2, amp=args.amp, scale=args.scale)
         info["shapes"][name] = entry
-        msg = "  ".join(f"{v} {1e3 * s['median_s']:.2f} ms" + ("" if v == "plain" else
-                                                              f" (paired {entry['ratio_paired_median'][v]:.2f}×)")
-                        for v, s in entry["timing"].items())
         util = entry["timing"]["plain"]["cpu_per_wall_median"]
-        print(f"[{threads} thr] {name:8s} reps={len(times['plain'])}  {msg}  (plain cpu/wall {util:.2f}; "
-              f"{time.perf_counter() - t0:.1f} s)", flush=True)
+        print(f"[{threads} thr] {name:8s} reps={len(entry['times_s']['plain'])}  {_timing_msg(entry)}  "
+              f"(plain cpu/wall {util:.2f}; {time.perf_counter() - t0:.1f} s)", flush=True)
     info["parallel_check_end"] = _timing.parallel_check(threads)
+    return info
+
+
+def cuda_memory(mods, x, t, autocast) -> dict:
+    """Exact extra device memory of one step, same process (the caller has warmed every variant up)."""
+    res = {v: _timing.cuda_peak_delta_mb(make_step(mod, x, t, autocast)) for v, mod in mods.items()}
+    base = res["plain"]
+    for v, r in res.items():
+        if v != "plain":
+            r["extra_mb"] = r["step_mb"] - base["step_mb"]
+            r["extra_peak_mb"] = r["peak_mb"] - base["peak_mb"]
+    return res
+
+
+def cuda_worker(args) -> dict:
+    """All shapes on the current CUDA device, in this process (no thread settings: one worker)."""
+    import torch
+
+    tt = _official()
+    info = {
+        "device": "cuda",
+        "amp": args.amp,
+        "scale": args.scale,
+        "cuda": _timing.cuda_info(),
+        "torch": torch.__version__,
+        "official": getattr(tt, "__version__", None) or (_dist_version("torch_tract") if tt else None),
+        "machine": _timing.machine_info(),
+        "quick": args.quick,
+        "shapes": {},
+    }
+    info["gemm_check_start"] = _timing.cuda_gemm_check()
+    autocast = autocast_factory("cuda", args.amp)
+    for name in args.shape_list:
+        t0 = time.perf_counter()
+        entry, mods, x, t = time_shape(args, name, "cuda", autocast, sync=torch.cuda.synchronize)
+        if not args.no_memory:
+            entry["memory"] = cuda_memory(mods, x, t, autocast)
+        del mods, x, t
+        torch.cuda.empty_cache()
+        info["shapes"][name] = entry
+        print(f"[cuda] {name:8s} reps={len(entry['times_s']['plain'])}  {_timing_msg(entry)}  "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    info["gemm_check_end"] = _timing.cuda_gemm_check()
     return info
 
 
@@ -331,6 +469,7 @@ def header(res: dict) -> str:
         f"env: {env}"
         + ("; OMP_WAIT_POLICY=PASSIVE was set before importing torch" if res["threads"] > 1 else "")
         + (" [--quick: batch/4, few reps; memory measured for the first thread setting only]" if res["quick"] else "")
+        + _options_note(res)
         + "\n\nGEMM check (1536³ matmul loop, start → end of this worker): "
         + " → ".join(f"{c['gflops']:.0f} GFLOPS at {c['cpu_per_wall']:.2f} cores"
                      for c in (res.get("parallel_check_start"), res.get("parallel_check_end")) if c)
@@ -342,11 +481,98 @@ def header(res: dict) -> str:
     )
 
 
+def _options_note(res: dict) -> str:
+    """Header text for non-default options (empty for a default run, so its header is unchanged)."""
+    parts = []
+    if res.get("amp", "none") != "none":
+        parts.append(f"; amp: torch.autocast({res.get('device', 'cpu')!r}, dtype=torch.{AMP_DTYPES[res['amp']]}) "
+                     "around the forward")
+    if res.get("scale", 1) != 1:
+        parts.append(f"; batch ×{res['scale']} (--scale)")
+    failed = [SHORT[k] for k, e in res["shapes"].items() if "official_error" in e]
+    if failed:
+        parts.append(f"; torch_tract failed and was skipped on: {', '.join(failed)} (JSON: official_error)")
+    return "".join(parts)
+
+
+def cuda_header(res: dict) -> str:
+    c, m = res["cuda"], res["machine"]
+    checks = [ck for ck in (res.get("gemm_check_start"), res.get("gemm_check_end")) if ck]
+    return (
+        f"### CUDA: {c['device_name']}, amp {res['amp']}\n\n"
+        f"{c['device_name']} (compute capability {c['capability']}, {c['total_mem_gib']} GiB, "
+        f"{c['multi_processors']} SMs); CUDA {c['cuda_version']}, cuDNN {c['cudnn_version']}; torch {res['torch']}; "
+        f"torch_tract {res['official'] or 'not installed'}; TF32: matmul {c['tf32_matmul']} "
+        f"(float32_matmul_precision={c['float32_matmul_precision']}), cuDNN {c['tf32_cudnn']}; "
+        f"cudnn.benchmark={c['cudnn_benchmark']}; host {m['cpu_model']}"
+        + ("; amp: none (float32)" if res["amp"] == "none" else "")
+        + _options_note(res)
+        + (" [--quick: batch/4, few reps]" if res["quick"] else "")
+        + "\n\nGEMM check (4096³ float32 matmul loop, start → end of the run): "
+        + " → ".join(f"{ck['tflops']:.1f} TFLOPS" for ck in checks)
+        + "\n\nms = median (min) of the per-step wall time (torch.cuda.synchronize() before every clock reading), in ms; "
+        "ratio = median / plain's median (min / plain's min); plain step MB = rise of torch.cuda.max_memory_allocated() "
+        "during one step above memory_allocated() before it; extra MB = variant's rise minus plain's, same process.\n"
+    )
+
+
+def run_cuda(args) -> int:
+    """``--device cuda``: one in-process run; exit status 2 with a one-line message if CUDA is unusable."""
+    try:
+        import torch
+    except Exception as e:  # pragma: no cover - torch is a dependency
+        print(f"tract_overhead.py: --device cuda: cannot import torch ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print(f"tract_overhead.py: --device cuda requested, but CUDA is not available "
+              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda or 'none'}, "
+              f"{torch.cuda.device_count()} device(s) visible). Run on a machine with an NVIDIA GPU and a CUDA build "
+              f"of torch, or drop --device cuda for the CPU benchmark.", file=sys.stderr)
+        return 2
+    if args.threads is not None or args.system_malloc:
+        print("note: --threads/--system-malloc only apply to the CPU benchmark; ignored with --device cuda",
+              file=sys.stderr)
+    t_start = time.perf_counter()
+    print(f"== CUDA: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}, amp {args.amp}"
+          + (f", batch ×{args.scale}" if args.scale != 1 else ""), flush=True)
+    res = cuda_worker(args)
+    total = time.perf_counter() - t_start
+    print()
+    print(cuda_header(res))
+    print(table(res))
+    print()
+    print(f"total wall time {total:.0f} s")
+    payload = {
+        "benchmark": "tract_overhead",
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "floor_formula": "1 + (r*s^2 + s^3/3 + 2*m*s^2) / (4*b*m*n), s=min(b,n), r=max(b,n)",
+        "device": "cuda",
+        "amp": args.amp,
+        "scale": args.scale,
+        "cuda": res["cuda"],
+        "machine": res["machine"],
+        "wall_s": total,
+        "runs": [res],
+    }
+    path = Path(args.json or default_json("cuda", args.amp))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="one thread count (default: run 1 and 2)")
     ap.add_argument("--quick", action="store_true", help="smoke run: batch/4, 5 reps, 1 warm-up round")
-    ap.add_argument("--json", default=str(DEFAULT_JSON), help=f"write all numbers here (default {DEFAULT_JSON})")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu (default: thread-setting workers) or cuda (one in-process run on the current GPU)")
+    ap.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
+                    help="autocast dtype around the forward (default none); on the CPU only bf16")
+    ap.add_argument("--scale", type=int, default=1, help="multiply every batch size by this (default 1)")
+    ap.add_argument("--json", default=None,
+                    help=f"write all numbers here (default {DEFAULT_JSON}; *_cpu_bf16.json with --amp bf16 on the CPU; "
+                         "tract_overhead_cuda.json / _cuda_bf16.json / _cuda_fp16.json with --device cuda)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--reps", type=int, default=None, help="minimum timed rounds (default 21; quick 5)")
     ap.add_argument("--max-reps", type=int, default=101, help="cap when --budget raises the rounds")
@@ -363,15 +589,21 @@ def main(argv=None) -> int:
     unknown = [s for s in args.shape_list if s not in SHAPES]
     if unknown:
         ap.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
+    if args.device == "cpu" and args.amp not in ("none", "bf16"):
+        ap.error(f"--amp {args.amp} needs --device cuda; on the CPU only --amp bf16 is valid")
+    if args.scale < 1:
+        ap.error("--scale must be a positive integer")
 
     if args.memory_child:
-        memory_child(args.memory_child[0], args.memory_child[1], args.quick)
+        memory_child(args.memory_child[0], args.memory_child[1], args.quick, args.amp, args.scale)
         return 0
     if args.worker_out:
         args.threads_one = args.threads
         res = worker(args)
         Path(args.worker_out).write_text(json.dumps(res))
         return 0
+    if args.device == "cuda":
+        return run_cuda(args)
 
     thread_list = [args.threads] if args.threads else [1, 2]
     t_start = time.perf_counter()
@@ -412,7 +644,11 @@ def main(argv=None) -> int:
         "wall_s": total,
         "runs": results,
     }
-    path = Path(args.json)
+    if args.amp != "none":  # only when asked for, so that the default JSON keeps its keys
+        payload["amp"] = args.amp
+    if args.scale != 1:
+        payload["scale"] = args.scale
+    path = Path(args.json or default_json("cpu", args.amp))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1))
     print(f"wrote {path}")
