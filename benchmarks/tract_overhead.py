@@ -384,6 +384,15 @@ def cuda_memory(mods, x, t, autocast) -> dict:
     return res
 
 
+
+def _payload_common() -> dict:
+    """Keys every JSON result of this benchmark starts with."""
+    return {
+        "benchmark": "tract_overhead",
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "floor_formula": "1 + (r*s^2 + s^3/3 + 2*m*s^2) / (4*b*m*n), s=min(b,n), r=max(b,n)",
+    }
+
 def cuda_worker(args) -> dict:
     """All shapes on the current CUDA device, in this process (no thread settings: one worker)."""
     import torch
@@ -543,9 +552,7 @@ def run_cuda(args) -> int:
     print()
     print(f"total wall time {total:.0f} s")
     payload = {
-        "benchmark": "tract_overhead",
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "floor_formula": "1 + (r*s^2 + s^3/3 + 2*m*s^2) / (4*b*m*n), s=min(b,n), r=max(b,n)",
+        **_payload_common(),
         "device": "cuda",
         "amp": args.amp,
         "scale": args.scale,
@@ -637,9 +644,7 @@ def main(argv=None) -> int:
         print()
     print(f"total wall time {total:.0f} s")
     payload = {
-        "benchmark": "tract_overhead",
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "floor_formula": "1 + (r*s^2 + s^3/3 + 2*m*s^2) / (4*b*m*n), s=min(b,n), r=max(b,n)",
+        **_payload_common(),
         "machine": results[0]["machine"] if results else _timing.machine_info(),
         "wall_s": total,
         "runs": results,

@@ -69,25 +69,22 @@ def plot_run(run_dir: PathLike) -> List[Path]:
     xs, ys = _series(records, "step", "step", "loss")
     if xs:
         ax.plot([s / steps_per_epoch for s in xs], ys, lw=0.8, alpha=0.5, label="train (step)")
-    for key in [k for k in epoch_keys if k.endswith("loss")]:
-        ex, ey = _series(records, "epoch", "epoch", key)
-        ax.plot(ex, ey, marker="o", ms=3, label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(run_dir.name, fontsize=9)
-    ax.legend(fontsize=8)
+    def epoch_curves(ax, keys, ylabel):
+        for key in keys:
+            ex, ey = _series(records, "epoch", "epoch", key)
+            ax.plot(ex, ey, marker="o", ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(run_dir.name, fontsize=9)
+        ax.legend(fontsize=8)
+
+    epoch_curves(ax, [k for k in epoch_keys if k.endswith("loss")], "loss")
     save(fig, "loss.png")
 
     acc_keys = [k for k in epoch_keys if k.endswith("acc") or k.endswith("acc5")]
     if acc_keys:
         fig, ax = _figure((6, 4))
-        for key in acc_keys:
-            ex, ey = _series(records, "epoch", "epoch", key)
-            ax.plot(ex, ey, marker="o", ms=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
-        ax.set_title(run_dir.name, fontsize=9)
-        ax.legend(fontsize=8)
+        epoch_curves(ax, acc_keys, "accuracy")
         save(fig, "accuracy.png")
 
     xs, ys = _series(records, "step", "step", "lr")
