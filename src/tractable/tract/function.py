@@ -28,7 +28,9 @@ from typing import Optional
 import torch
 
 from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry, gram, num_rows, rows
-from tractable.tract.solve import Lam, float64_needed, precondition_bxb, precondition_nxn, solve_right
+from tractable.tract.gemm import mm_nt
+from tractable.tract.solve import (Lam, float64_needed, float64_needed_rows, precondition_bxb, precondition_nxn,
+                                   solve_right)
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -52,12 +54,12 @@ def tract_gradient(
         return M
     if form == "bxb" or (form == "auto" and b < n_g):
         U = rows(x, geom, dtype)
-        if dtype == torch.float32 and float64_needed((U * U).sum(-1) / b, lam):
+        if dtype == torch.float32 and float64_needed((U * U).sum(-1), b, lam):
             U, Mg = U.double(), Mg.double()
         out = precondition_bxb(Mg, U, lam)
     else:
         S, b = gram(x, geom, dtype, chunk_bytes)
-        if dtype == torch.float32 and float64_needed(S.diagonal(dim1=-2, dim2=-1) / b, lam):
+        if dtype == torch.float32 and float64_needed(S.diagonal(dim1=-2, dim2=-1), b, lam):
             S, _ = gram(x, geom, torch.float64, chunk_bytes)
             Mg = Mg.double()
         out = precondition_nxn(Mg, S, b, lam)
@@ -83,12 +85,14 @@ def linear_tract_gradient(
     if b == 0:
         return X.new_zeros((m, n))
     if form == "bxb" or (form == "auto" and b < n):
-        if dtype == torch.float32 and float64_needed((X * X).mean(0), lam):
+        X = X.contiguous()
+        Kb = mm_nt(X, X)  # X Xᵀ (b, b)
+        if dtype == torch.float32 and float64_needed_rows(Kb.diagonal(), X, lam):
             X, Gm = X.double(), Gm.double()
-        Kb = X @ X.mT
+            Kb = X @ X.mT
         Kb.diagonal().add_(b * lam)
         Z = solve_right(Gm.mT.unsqueeze(0), Kb.unsqueeze(0))[0]  # Gᵀ (XXᵀ + bλI)⁻¹, (m, b)
-        return ((b * Z) @ X).to(dtype)
+        return (Z.mul_(b) @ X).to(dtype)
     return tract_gradient(Gm.mT @ X, x, Geometry("linear", n), lam, "nxn", chunk_bytes).to(dtype)
 
 

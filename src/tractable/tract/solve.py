@@ -29,25 +29,55 @@ Lam = Union[float, torch.Tensor]
 FLOAT32_RATIO_LIMIT = 1e4
 
 
-def float64_needed(diag_mean_sq: torch.Tensor, lam: Lam) -> bool:
+def float64_needed(diag_sum_sq: torch.Tensor, b: int, lam: Lam) -> bool:
     """Eager-CPU guard: is the float32 statistic too coarse for this λ?
 
-    ``diag_mean_sq`` holds the diagonal of XᵀX/b. Rounding in a float32 Gram is about ε·max diag, which must
-    stay well below λ for the smallest directions of K to survive (rank-deficient or badly scaled inputs such
-    as raw [0, 255] pixels). Beyond ``max diag / λ > 1e4`` the statistic and the solve are redone in float64.
-    Returns False wherever reading a value would need a host synchronisation (then float32 is kept).
+    ``diag_sum_sq`` holds the diagonal of XᵀX (per feature, any shape) and ``b`` the number of rows. Rounding
+    in a float32 Gram is about ε·max diag, which must stay well below bλ for the smallest directions of K to
+    survive (rank-deficient or badly scaled inputs such as raw [0, 255] pixels). Beyond
+    ``max diag(XᵀX/b) / λ > 1e4`` the statistic and the solve are redone in float64. Returns False wherever
+    reading a value would need a host synchronisation (then float32 is kept), and for non-finite inputs
+    (NaN then propagates as in the plain gradient).
     """
-    if not eager_host(diag_mean_sq):
+    if not eager_host(diag_sum_sq) or b <= 0:
+        return False
+    if diag_sum_sq.numel() <= 4096:  # one host read, then plain Python (fewer tiny torch ops)
+        vals = diag_sum_sq.reshape(-1).tolist()
+        total = math.fsum(vals)
+        top = max(vals) if vals else 0.0
+    else:
+        top, total = torch.stack([diag_sum_sq.max(), diag_sum_sq.sum()]).tolist()  # one read
+    if not math.isfinite(total):
+        return False
+    return _decide(top / b, total / (diag_sum_sq.numel() * b), lam)
+
+
+def float64_needed_rows(row_sum_sq: torch.Tensor, X: torch.Tensor, lam: Lam) -> bool:
+    """:func:`float64_needed` for the b×b form, from the row norms ``‖x_i‖²`` (the diagonal of XXᵀ) first.
+
+    Their sum is the trace of XᵀX, which bounds its largest diagonal entry; the per-feature diagonal is
+    computed from ``X (b, n)`` only when that bound is not already below the limit.
+    """
+    if not eager_host(row_sum_sq):
+        return False
+    b, n = X.shape
+    total = float(row_sum_sq.sum())
+    if not math.isfinite(total) or b <= 0:
         return False
     lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
-    top, mean = torch.stack([diag_mean_sq.max(), diag_mean_sq.mean()]).tolist()  # one read
-    if not math.isfinite(top):  # non-finite inputs: NaN propagates as in the plain gradient
-        return False
+    if total / b / lam_v <= FLOAT32_RATIO_LIMIT:
+        return _decide(total / b, total / (b * n), lam)
+    return float64_needed((X * X).sum(0), b, lam)
+
+
+def _decide(top: float, mean: float, lam: Lam) -> bool:
+    """``top`` = max diag(XᵀX/b) (or an upper bound), ``mean`` = its mean: warn off-scale inputs, decide."""
+    lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
     if not (1e-2 <= mean <= 1e2):
         warnings.warn(
             f"TrAct: the layer input's mean square is {mean:.3g} per feature; the paper's λ guidance (0.05-0.2) "
             "assumes inputs standardised to mean 0 and std 1 per channel (spec: 'Standardised-input assumption')",
-            stacklevel=2,
+            stacklevel=3,
         )
     return top / lam_v > FLOAT32_RATIO_LIMIT
 
@@ -57,22 +87,35 @@ def _eye_like(K: torch.Tensor) -> torch.Tensor:
 
 
 def solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """``M K⁻¹`` for SPD ``K`` (batched: M ``(G, m, n)``, K ``(G, n, n)``), Cholesky with a float64 fallback."""
+    """``M K⁻¹`` for SPD ``K`` (batched: M ``(G, m, n)``, K ``(G, n, n)``), Cholesky with a float64 fallback.
+
+    A factor with ``info == 0`` and a finite diagonal is finite: LAPACK's potrf stops (info > 0) at the first
+    pivot that is ≤ 0 or NaN, and a NaN or ±inf anywhere in K's lower triangle reaches a later pivot.
+    """
+    if M.shape[0] == 1:  # one group: 2-D operands (no batched transposes or copies)
+        return _solve_right(M[0], K[0]).unsqueeze(0)
+    return _solve_right(M, K)
+
+
+def _solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(K)
     # M K⁻¹ = (M L⁻ᵀ) L⁻¹: two right-sided triangular solves (measured faster than cholesky_solve on Mᵀ)
     Y = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L.mT, M, upper=True, left=False),
                                       upper=False, left=False)
+    diag = L.diagonal(dim1=-2, dim2=-1)
     if eager_host(K):
-        if not bool(info.any()) and bool(torch.isfinite(L).all()):
+        if not bool(info.any()) and bool(torch.isfinite(diag.sum())):
             return Y
-        K64 = K.double()
-        K64 = (K64 + K64.mT) * 0.5
-        return torch.linalg.solve_ex(K64, M.double().mT)[0].mT.to(M.dtype)
-    ok = (info == 0) & torch.isfinite(L).flatten(1).all(1)
+        return _lu_float64(M, K)
+    ok = (info == 0) & torch.isfinite(diag).all(-1)
+    return torch.where(ok[..., None, None], Y, _lu_float64(M, K))
+
+
+def _lu_float64(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """The fallback: ``M K⁻¹`` by LU in float64 on the symmetrised K (propagates NaN from non-finite input)."""
     K64 = K.double()
     K64 = (K64 + K64.mT) * 0.5
-    Y64 = torch.linalg.solve_ex(K64, M.double().mT)[0].mT.to(M.dtype)
-    return torch.where(ok[:, None, None], Y, Y64)
+    return torch.linalg.solve_ex(K64, M.double().mT)[0].mT.to(M.dtype)
 
 
 def precondition_nxn(M: torch.Tensor, S: torch.Tensor, b: Union[int, torch.Tensor], lam: Lam) -> torch.Tensor:
