@@ -92,7 +92,7 @@ def linear_tract_gradient(
             Kb = X @ X.mT
         Kb.diagonal().add_(b * lam)
         Z = solve_right(Gm.mT.unsqueeze(0), Kb.unsqueeze(0))[0]  # Gᵀ (XXᵀ + bλI)⁻¹, (m, b)
-        return (Z.mul_(b) @ X).to(dtype)
+        return mm_nt(Z.mul_(b), X.mT).to(dtype)  # b·Z X
     return tract_gradient(Gm.mT @ X, x, Geometry("linear", n), lam, "nxn", chunk_bytes).to(dtype)
 
 

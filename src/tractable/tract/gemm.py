@@ -7,9 +7,9 @@ Gram 12544 × 768: 154 ms → 73 ms). Both accumulate in float32 and agree to fl
 1e-7). ``linear(A, B) = A Bᵀ`` is exactly the product a Gram needs, with U = Xᵀ laid out (n, rows).
 
 oneDNN is used only where it is safe and worth it: plain eager mode (not under ``torch.compile`` or
-``torch.func``), CPU, float32, 2-D contiguous operands. Its availability is checked once per process with a
+``torch.func``), CPU, float32, 2-D operands stored row- or column-major. Its availability is checked once per process with a
 small product compared against ``torch.matmul`` (a capability probe, not state that changes results); any
-failure falls back to ``torch.matmul``. Everything else (float64, GPUs, traced code) uses ``torch.matmul``.
+failure falls back to ``torch.matmul``, and so does ``torch.backends.mkldnn.flags(enabled=False)``. Everything else (float64, GPUs, traced code) uses ``torch.matmul``.
 
 Gram of a tall block (n ≥ :data:`UPPER_MIN_N`): BLAS ``syrk`` is not reachable from torch, so only the
 upper block triangle is multiplied (block rows of ``nb`` columns against everything to their right) and
@@ -36,12 +36,20 @@ def _probe() -> bool:
         op = torch.ops.mkldnn._linear_pointwise
         a = torch.arange(15, dtype=torch.float32).reshape(3, 5).sin()
         b = torch.arange(20, dtype=torch.float32).reshape(4, 5).cos()
-        got = op(a, b, None, "none", [], "")
         want = a.double() @ b.double().mT
-        return got.shape == (3, 4) and got.dtype == torch.float32 and bool(
-            torch.allclose(got.double(), want, rtol=1e-5, atol=1e-6))
+        for a_, b_ in ((a, b), (_col_major(a), b), (a, _col_major(b)), (_col_major(a), _col_major(b))):
+            got = op(a_, b_, None, "none", [], "")
+            if not (got.shape == (3, 4) and got.dtype == torch.float32
+                    and torch.allclose(got.double(), want, rtol=1e-5, atol=1e-6)):
+                return False
+        return True
     except Exception:  # any missing op, signature change or runtime refusal: use torch.matmul
         return False
+
+
+def _col_major(t: torch.Tensor) -> torch.Tensor:
+    """The same matrix stored column-major (its transpose is contiguous)."""
+    return t.mT.contiguous().mT
 
 
 def onednn_available() -> bool:
@@ -54,12 +62,14 @@ def onednn_available() -> bool:
 
 
 def _onednn_ok(*ts: torch.Tensor) -> bool:
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and t.is_contiguous()
-               and not t.requires_grad and plain_eager(t) for t in ts) and onednn_available()
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2
+               and (t.is_contiguous() or t.mT.is_contiguous()) and not t.requires_grad and plain_eager(t) for t in ts
+               ) and torch.backends.mkldnn.enabled and onednn_available()
 
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.mT`` for ``a (p, k)`` and ``b (q, k)`` (oneDNN on eligible float32 CPU tensors)."""
+    """``a @ b.mT`` for ``a (p, k)`` and ``b (q, k)`` (oneDNN on eligible float32 CPU tensors: row- or
+    column-major, so ``mm_nt(z, x.mT)`` computes ``z @ x`` without a transposed copy of x)."""
     if _onednn_ok(a, b):
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return a @ b.mT

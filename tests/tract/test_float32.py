@@ -1,0 +1,84 @@
+"""float32 TrAct against the float64 reference, with torch's oneDNN enabled (the fast CPU products behind the Gram
+and the Linear b×b form) and disabled (plain ``torch.matmul``): both paths must give the same Eq. 12 gradient."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import tractable
+from tests.tract._reference import conv_rows, reference
+from tests.tract.test_reference import CONFIGS, _grads, _make
+
+# larger shapes than the exactness sweep: several chunks, n ≥ 256 (upper block triangle), b < n (b×b form)
+LARGE = [
+    ("patch16_n768_nxn", lambda: nn.Conv2d(3, 8, 16, stride=16), (6, 3, 96, 96), 0.1),
+    ("patch16_n768_bxb", lambda: nn.Conv2d(3, 8, 16, stride=16), (1, 3, 64, 64), 0.1),
+    ("groups_n288", lambda: nn.Conv2d(64, 6, 3, padding=1, groups=2), (2, 64, 9, 9), 0.1),
+    ("patch4_n48", lambda: nn.Conv2d(3, 12, 4, stride=4), (16, 3, 32, 32), 0.1),
+    ("linear_bxb", lambda: nn.Linear(300, 16), (40, 300), 0.1),
+    ("linear_nxn", lambda: nn.Linear(40, 16), (300, 40), 0.1),
+    ("conv3d_n81", lambda: nn.Conv3d(3, 4, 3, padding=1), (2, 3, 6, 8, 8), 0.1),
+]
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "matmul"])
+@pytest.mark.parametrize("cfg", CONFIGS + LARGE, ids=[c[0] for c in CONFIGS + LARGE])
+def test_float32_weight_grad_matches_float64_reference(cfg, onednn):
+    plain64, x64, lam = _make(cfg)
+    with torch.no_grad():
+        R64 = torch.randn_like(plain64(x64))
+    tract_ref = reference(plain64, x64, R64, lam)[2]
+    layer = tractable.TrAct(copy.deepcopy(plain64).float(), l=lam)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        g = _grads(layer, x64.float(), R64.float())[2]
+    assert g.dtype == torch.float32
+    # float32 rounding amplified by up to cond(K) ≈ (max eig(XᵀX/b) + λ)/λ (measured: ≤ 2e-5 for most configs,
+    # 7e-5 for the 288-wide grouped Gram and 1.1e-4 for b×b with 16 rows and n = 768, equal on both paths);
+    # a wrong or missing block product would be off by O(1)
+    assert _rel(g, tract_ref) < 3e-4, cfg[0]
+
+
+@pytest.mark.parametrize("cfg", LARGE, ids=[c[0] for c in LARGE])
+def test_onednn_and_matmul_paths_agree(cfg):
+    plain, x, lam = _make(cfg, dtype=torch.float32)
+    R = torch.randn_like(plain(x))
+    layer = tractable.TrAct(copy.deepcopy(plain), l=lam)
+    g_dnn = _grads(layer, x, R)[2]
+    with torch.backends.mkldnn.flags(enabled=False):
+        g_mm = _grads(layer, x, R)[2]
+    assert _rel(g_dnn, g_mm.double()) < 1e-5
+
+
+GRAM_CASES = [  # (conv, input shape): n = 48, 288 per group (2 groups), 768 (upper block triangle from 256 on)
+    (lambda: nn.Conv2d(3, 4, 4, stride=4), (4, 3, 16, 16)),
+    (lambda: nn.Conv2d(64, 4, 3, padding=1, groups=2), (2, 64, 5, 5)),
+    (lambda: nn.Conv2d(3, 4, 16, stride=16), (3, 3, 48, 32)),
+]
+
+
+@pytest.mark.parametrize("dtype,onednn,tol", [(torch.float64, True, 1e-12), (torch.float32, True, 1e-6),
+                                              (torch.float32, False, 1e-6)], ids=["fp64", "fp32_onednn", "fp32_matmul"])
+@pytest.mark.parametrize("case", GRAM_CASES, ids=["n48", "groups_n288", "n768"])
+def test_public_gram_is_the_full_symmetric_second_moment(case, dtype, onednn, tol):
+    """``tractable.tract.gram`` returns all of XᵀX per group (both triangles), b, in the requested dtype."""
+    torch.manual_seed(0)
+    conv = case[0]()
+    x = torch.randn(*case[1])
+    pad = [p for p in reversed(conv.padding) for _ in range(2)]
+    geom = tractable.tract.Geometry("conv", conv.in_channels, conv.groups, conv.kernel_size, conv.stride,
+                                    conv.dilation, tuple(pad))
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        S, b = tractable.tract.gram(x, geom, dtype, chunk_bytes=64 << 10)  # several chunks
+    X, _ = conv_rows(conv, x)
+    n_g = X.shape[1] // conv.groups
+    assert b == X.shape[0] and S.dtype == dtype and S.shape == (conv.groups, n_g, n_g)
+    for g in range(conv.groups):
+        Xg = X[:, g * n_g:(g + 1) * n_g]
+        want = Xg.T @ Xg
+        assert ((S[g].double() - want).norm() / want.norm()).item() < tol
+        assert torch.equal(S[g], S[g].mT)
