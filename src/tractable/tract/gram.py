@@ -14,9 +14,9 @@ nothing is copied until a chunk is materialised in the compute dtype in weight o
 by chunk (over the batch, and over the first output dimension when one sample exceeds ``chunk_bytes``). When
 kernel == stride and there is no padding the views do not overlap: a chunk is then a pure reshuffle of the
 input (the patch-embedding case) and no receptive field is duplicated. In eager mode the chunks go through one
-reused buffer (default 8 MiB: measured faster than large chunks, and no extra peak memory), and for n ≥ 256
-only the upper block triangle of S is multiplied, then mirrored (about half the flops of a full GEMM; BLAS
-``syrk`` is not reachable from torch).
+reused buffer (default 8 MiB: measured faster than large chunks, and no extra peak memory) and are multiplied
+by :mod:`tractable.tract.gemm` (oneDNN in float32 on the CPU; for n ≥ 256 only the upper block triangle of S,
+then mirrored: about half the flops of a full GEMM, as BLAS ``syrk`` would do).
 """
 from __future__ import annotations
 

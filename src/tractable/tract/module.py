@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from tractable.tract.function import TrActLinearOutput, TrActWeight, compute_dtype
+from tractable.tract.function import TrActLinearOutput, TrActWeight, apply, compute_dtype
 from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry
 
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -204,10 +204,8 @@ class TrAct(nn.Module):
         stat = count = None
         if self.tract_exact:
             stat, count = self._tract_leaves(weight)
-        return TrActWeight.apply(
-            weight, x, self.tract_lambda, self._tract_geometry(weight), self.tract_form, self.tract_chunk_bytes,
-            stat, count,
-        )
+        return apply(TrActWeight, weight, x, self.tract_lambda, self._tract_geometry(weight), self.tract_form,
+                     self.tract_chunk_bytes, stat, count)
 
 
 def _linear_forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -217,7 +215,7 @@ def _linear_forward(self, input: torch.Tensor) -> torch.Tensor:
     # default mode: the weight gradient is computed from the output gradient G (cheaper b×b form); the layer
     # itself sees a detached weight, so its native backward makes only the input and bias gradients
     out = F.linear(input, weight.detach(), self.bias)
-    return TrActLinearOutput.apply(out, input, weight, self.tract_lambda, self.tract_form, self.tract_chunk_bytes)
+    return apply(TrActLinearOutput, out, input, weight, self.tract_lambda, self.tract_form, self.tract_chunk_bytes)
 
 
 def _tract_class(base: type) -> type:
