@@ -21,6 +21,13 @@ def plain_eager(t: torch.Tensor) -> bool:
     return not (_is_functorch_wrapped is not None and _is_functorch_wrapped(t))
 
 
+def plain_tensor(t: torch.Tensor) -> bool:
+    """A ``torch.Tensor`` or ``nn.Parameter`` (no other subclass) that no ``torch.func`` transform wraps."""
+    if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        return False
+    return not (_is_functorch_wrapped is not None and _is_functorch_wrapped(t))
+
+
 def eager_host(t: torch.Tensor) -> bool:
     """:func:`plain_eager` and on the CPU, where reading a value on the host costs no synchronisation."""
     return t.device.type == "cpu" and plain_eager(t)

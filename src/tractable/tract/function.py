@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry, gram, num_rows, rows
-from tractable.tract.eager import plain_eager
+from tractable.tract.eager import plain_tensor
 from tractable.tract.gemm import mm_nt
 from tractable.tract.solve import (Lam, float64_needed, float64_needed_rows, precondition_bxb, precondition_nxn,
                                    solve_right)
@@ -198,10 +198,11 @@ def apply(fn: type, *args):
     functorch's sake) before it reaches the C++ apply, which itself runs ``forward`` and ``setup_context``.
     Inside a training step, with cold caches, that binding measured 0.15 ms per call: 3-5 % of a small first
     layer's step. With all arguments positional and no defaults the binding changes nothing, so outside
-    ``torch.compile`` and ``torch.func`` transforms, and for plain tensors, we call the C++ apply directly.
+    ``torch.compile`` and ``torch.func`` transforms, and for plain tensors and Parameters (no subclasses with
+    ``__torch_function__``), we call the C++ apply directly.
     """
     if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or not all(plain_eager(a) for a in args if isinstance(a, torch.Tensor))):
+            or not all(plain_tensor(a) for a in args if isinstance(a, torch.Tensor))):
         return fn.apply(*args)
     return super(torch.autograd.Function, fn).apply(*args)
 
