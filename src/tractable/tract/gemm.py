@@ -75,29 +75,33 @@ def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.mT
 
 
-def gram_add_(S: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """``S += U Uᵀ`` per group, for ``S (G, n, n)`` and ``U (G, n, r)``; returns S.
+def gram_add_(S: Optional[torch.Tensor], U: torch.Tensor) -> torch.Tensor:
+    """``S += U Uᵀ`` per group, for ``S (G, n, n)`` and ``U (G, n, r)``; ``S = None`` starts a new sum. Returns S.
 
     With n ≥ :data:`UPPER_MIN_N` only the upper block triangle of S is updated: call :func:`mirror_upper`
     once after the last update.
     """
-    n = U.shape[-2]
+    G, n = U.shape[0], U.shape[-2]
     upper = n >= UPPER_MIN_N
+    if S is None and upper:
+        S = U.new_zeros((G, n, n))
     nb = max(64, -(-n // 8))
-    if U.shape[0] == 0 or not _onednn_ok(U[0]):
-        if upper:
-            for i in range(0, n, nb):
-                S[:, i : i + nb, i:].baddbmm_(U[:, i : i + nb], U[:, i:].mT)
-        else:
-            S.baddbmm_(U, U.mT)
+    if G == 0 or not _onednn_ok(U[0]):
+        if not upper:
+            return U @ U.mT if S is None else S.baddbmm_(U, U.mT)
+        for i in range(0, n, nb):
+            S[:, i : i + nb, i:].baddbmm_(U[:, i : i + nb], U[:, i:].mT)
         return S
-    for g in range(U.shape[0]):
+    if not upper:
+        if S is None:
+            return torch.stack([mm_nt(U[g], U[g]) for g in range(G)]) if G > 1 else mm_nt(U[0], U[0]).unsqueeze(0)
+        for g in range(G):
+            S[g] += mm_nt(U[g], U[g])
+        return S
+    for g in range(G):
         Ug = U[g]
-        if upper:
-            for i in range(0, n, nb):
-                S[g, i : i + nb, i:] += mm_nt(Ug[i : i + nb], Ug[i:])
-        else:
-            S[g] += mm_nt(Ug, Ug)
+        for i in range(0, n, nb):
+            S[g, i : i + nb, i:] += mm_nt(Ug[i : i + nb], Ug[i:])
     return S
 
 

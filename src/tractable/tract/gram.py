@@ -69,12 +69,17 @@ def num_rows(x: torch.Tensor, geom: Geometry) -> int:
     if geom.kind == "linear":
         return x.numel() // geom.in_features
     xb = _batched(x, geom)
-    b = xb.shape[0]
+    return xb.shape[0] * _rows_per_sample(xb.shape, geom)
+
+
+def _rows_per_sample(shape, geom: Geometry) -> int:
+    """Output locations of one sample of a batched conv input of this ``shape``."""
+    r = 1
     for i in range(geom.ndim):
-        size = xb.shape[2 + i] + geom.pad[2 * (geom.ndim - 1 - i)] + geom.pad[2 * (geom.ndim - 1 - i) + 1]
+        size = shape[2 + i] + geom.pad[2 * (geom.ndim - 1 - i)] + geom.pad[2 * (geom.ndim - 1 - i) + 1]
         span = geom.dilation[i] * (geom.kernel[i] - 1) + 1
-        b *= (size - span) // geom.stride[i] + 1
-    return b
+        r *= (size - span) // geom.stride[i] + 1
+    return r
 
 
 def _patches(xb: torch.Tensor, geom: Geometry) -> torch.Tensor:
@@ -100,12 +105,12 @@ def _chunks(xb: torch.Tensor, geom: Geometry, esize: int, chunk_bytes: int):
     perm = [1] + list(range(2 + d, 2 + 2 * d)) + [0] + list(range(2, 2 + d))
     B = xb.shape[0]
     # rows per sample and bytes per sample of the materialised chunk
-    out = [num_rows(xb[:1], geom)]
-    per_sample = out[0] * geom.in_features * math.prod(geom.kernel) * esize
+    per_sample = _rows_per_sample(xb.shape, geom) * geom.in_features * math.prod(geom.kernel) * esize
     if per_sample <= chunk_bytes:
         bc = max(1, min(B, chunk_bytes // max(per_sample, 1)))
         for b0 in range(0, B, bc):
-            yield _patches(_pad(xb[b0 : b0 + bc], geom), geom).permute(perm)
+            part = xb if bc >= B else xb[b0 : b0 + bc]
+            yield _patches(_pad(part, geom), geom).permute(perm)
     else:  # one sample is too large: also split the first output dimension
         for b0 in range(B):
             v = _patches(_pad(xb[b0 : b0 + 1], geom), geom)
@@ -121,7 +126,7 @@ def _gram_buffered(xb: torch.Tensor, geom: Geometry, dtype: torch.dtype, esize: 
     accumulated in place with :func:`tractable.tract.gemm.gram_add_` (oneDNN in float32; for large n only the
     upper block triangle)."""
     n_g, G = geom.n_per_group, geom.groups
-    S = xb.new_zeros((G, n_g, n_g), dtype=dtype)
+    S = None
     buf = None
     for piece in _chunks(xb, geom, esize, chunk_bytes):
         numel = piece.numel()
@@ -129,7 +134,9 @@ def _gram_buffered(xb: torch.Tensor, geom: Geometry, dtype: torch.dtype, esize: 
             buf = torch.empty(numel, dtype=dtype, device=xb.device)
         U = buf[:numel].view(piece.shape)
         U.copy_(piece)
-        gram_add_(S, U.view(G, n_g, -1))
+        S = gram_add_(S, U.view(G, n_g, -1))
+    if S is None:  # no rows
+        return xb.new_zeros((G, n_g, n_g), dtype=dtype)
     return mirror_upper(S)
 
 
@@ -138,7 +145,7 @@ def gram(
 ) -> Tuple[torch.Tensor, int]:
     """Return ``(S, b)`` with ``S = XᵀX`` per group, shape ``(groups, n_g, n_g)``, accumulated in ``dtype``."""
     n_g = geom.n_per_group
-    esize = torch.empty((), dtype=dtype).element_size()
+    esize = dtype.itemsize
     if geom.kind == "linear":
         X = x.reshape(-1, n_g)
         b = X.shape[0]

@@ -102,12 +102,13 @@ def _solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     # M K⁻¹ = (M L⁻ᵀ) L⁻¹: two right-sided triangular solves (measured faster than cholesky_solve on Mᵀ)
     Y = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L.mT, M, upper=True, left=False),
                                       upper=False, left=False)
-    diag = L.diagonal(dim1=-2, dim2=-1)
-    if eager_host(K):
-        if not bool(info.any()) and bool(torch.isfinite(diag.sum())):
+    diag_sum = L.diagonal(dim1=-2, dim2=-1).sum(-1)
+    if eager_host(K):  # two host reads, no extra ops
+        ok = (not info.any()) if info.dim() else int(info) == 0
+        if ok and math.isfinite(float(diag_sum.sum()) if diag_sum.dim() else float(diag_sum)):
             return Y
         return _lu_float64(M, K)
-    ok = (info == 0) & torch.isfinite(diag).all(-1)
+    ok = (info == 0) & torch.isfinite(diag_sum)
     return torch.where(ok[..., None, None], Y, _lu_float64(M, K))
 
 
