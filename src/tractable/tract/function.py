@@ -8,8 +8,13 @@ of a layer ``z = W x``:
 with X the b rows the weight multiplies (see :mod:`tractable.tract.gram`). We insert ``weight' = tract(weight,
 x)`` in front of the layer's own functional call. Forward: ``weight'`` *is* ``weight`` (a view), so the layer's
 output, its input gradient and its bias gradient are the native ones, bitwise, in every option and under
-autocast. Backward: the native kernel delivers the plain ``M = GᵀX`` for ``weight'``; we return ``M·P`` with
-P built from the saved input. Only the Gram needs receptive fields; GᵀX never does.
+autocast. Backward: the native kernel delivers the plain ``M = GᵀX`` for ``weight'``; we return ``M·P``. Only
+the Gram needs receptive fields; GᵀX never does. In the n×n form (b ≥ n, the usual case) K = S/b + λI is
+formed and Cholesky-factorised already in the forward (``setup_context``), while x is warm in the caches, and
+only its factor (n×n) is saved; the backward then runs two triangular solves. This costs the statistic even if
+no backward follows a forward under grad mode (evaluate under ``torch.no_grad()``, where TrAct does nothing).
+The b×b form (b < n) saves x and does everything in the backward. Linear layers in the default mode use
+:class:`TrActLinearOutput` instead, which starts from the output gradient G.
 
 Exact mode (our addition, not in the paper): the backward returns M unchanged and emits ``S = XᵀX`` and the
 row count ``b`` as the gradients of two auxiliary leaves, so autograd itself sums them over micro-batches;
@@ -23,20 +28,36 @@ from __future__ import annotations
 
 import contextlib
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from tractable.tract.gram import DEFAULT_CHUNK_BYTES, Geometry, gram, num_rows, rows
 from tractable.tract.eager import plain_tensor
 from tractable.tract.gemm import mm_nt
-from tractable.tract.solve import (Lam, float64_needed, float64_needed_rows, precondition_bxb, precondition_nxn,
-                                   solve_right)
+from tractable.tract.solve import (Factor, Lam, check_diagonal, factor, float64_needed, float64_needed_rows,
+                                   k_matrix, precondition_bxb, precondition_nxn, solve_factored, solve_right)
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any operand is float64, else float32 (never lower)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def uses_nxn(b: int, n_g: int, form: str) -> bool:
+    """Whether ``form`` resolves to the n×n form for b rows of n_g features (``"auto"``: b×b iff b < n)."""
+    return not (form == "bxb" or (form == "auto" and b < n_g))
+
+
+def nxn_statistic(x: torch.Tensor, geom: Geometry, lam: Lam, dtype: torch.dtype,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tuple[torch.Tensor, int, Optional[bool]]:
+    """``(S, b, finite)``: the per-group Gram in ``dtype``, redone in float64 where a float32 one is too coarse
+    for λ; ``finite`` as in :func:`tractable.tract.solve.check_diagonal` (None where no value may be read)."""
+    S, b = gram(x, geom, dtype, chunk_bytes)
+    finite, need64 = check_diagonal(S.diagonal(dim1=-2, dim2=-1), b, lam) if dtype == torch.float32 else (None, False)
+    if need64:
+        S, _ = gram(x, geom, torch.float64, chunk_bytes)
+    return S, b, finite
 
 
 def tract_gradient(
@@ -53,17 +74,14 @@ def tract_gradient(
     b = num_rows(x, geom)
     if b == 0:  # no rows: the plain gradient is zero already
         return M
-    if form == "bxb" or (form == "auto" and b < n_g):
+    if not uses_nxn(b, n_g, form):
         U = rows(x, geom, dtype)
         if dtype == torch.float32 and float64_needed((U * U).sum(-1), b, lam):
             U, Mg = U.double(), Mg.double()
         out = precondition_bxb(Mg, U, lam)
     else:
-        S, b = gram(x, geom, dtype, chunk_bytes)
-        if dtype == torch.float32 and float64_needed(S.diagonal(dim1=-2, dim2=-1), b, lam):
-            S, _ = gram(x, geom, torch.float64, chunk_bytes)
-            Mg = Mg.double()
-        out = precondition_nxn(Mg, S, b, lam)
+        S, b, finite = nxn_statistic(x, geom, lam, dtype, chunk_bytes)
+        out = precondition_nxn(Mg.to(S.dtype), S, b, lam, finite)
     return out.reshape(M.shape).to(M.dtype)
 
 
@@ -137,9 +155,7 @@ class TrActLinearOutput(torch.autograd.Function):
             return (None,) * 6
         x, lam = _saved_input_and_lambda(ctx)
         dtype = torch.float64 if ctx.weight_dtype == torch.float64 else None
-        device = x.device.type
-        guard = torch.autocast(device_type=device, enabled=False) if _autocast_on(device) else _NO_CONTEXT
-        with guard:
+        with _autocast_off(x.device.type):
             gw = linear_tract_gradient(grad, x, lam, ctx.form, ctx.chunk_bytes, dtype)
         return grad, None, gw.to(ctx.weight_dtype), None, None, None
 
@@ -165,21 +181,39 @@ class TrActWeight(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         weight, x, lam, geom, form, chunk_bytes, stat, count = inputs
-        _save_input_and_lambda(ctx, x, lam)
         ctx.geom = geom
         ctx.form = form
         ctx.chunk_bytes = chunk_bytes
         ctx.exact = stat is not None
+        ctx.factored = False  # True: K was formed and factorised here and is saved instead of x
+        if not ctx.exact:
+            b = num_rows(x, geom)
+            if b > 0 and uses_nxn(b, geom.n_per_group, form):
+                # Form and factorise K now, while x is warm in the caches from the layer's own forward: the
+                # backward then only solves. Measured on the 4×4 patch embedding: about 0.09× of the plain
+                # step less than doing it all in the backward.
+                with _autocast_off(x.device.type):  # (setup_context runs with grad mode off)
+                    S, b, finite = nxn_statistic(x, geom, lam, compute_dtype(weight, x), chunk_bytes)
+                    f = factor(k_matrix(S[0] if geom.groups == 1 else S, b, lam), finite)
+                ctx.save_for_backward(f.L, f.K, f.ok)
+                ctx.factored = True
+                return
+        _save_input_and_lambda(ctx, x, lam)
 
     @staticmethod
     def backward(ctx, grad):
-        x, lam = _saved_input_and_lambda(ctx)
         nothing = (None,) * 6
         if grad is None:
             return (None, None) + nothing
-        device = x.device.type
-        guard = torch.autocast(device_type=device, enabled=False) if _autocast_on(device) else _NO_CONTEXT
-        with guard:
+        if ctx.factored:
+            f = Factor(*ctx.saved_tensors)
+            G, n_g = ctx.geom.groups, ctx.geom.n_per_group
+            with _autocast_off(f.L.device.type):
+                Mg = (grad.reshape(-1, n_g) if G == 1 else grad.reshape(G, -1, n_g)).to(f.L.dtype)
+                out = solve_factored(Mg, f).reshape(grad.shape)
+            return (out if out.dtype == grad.dtype else out.to(grad.dtype), None) + nothing
+        x, lam = _saved_input_and_lambda(ctx)
+        with _autocast_off(x.device.type):
             if ctx.exact:
                 dtype = compute_dtype(grad, x)
                 S, b = gram(x, ctx.geom, dtype, ctx.chunk_bytes)
@@ -205,6 +239,11 @@ def apply(fn: type, *args):
             or not all(plain_tensor(a) for a in args if isinstance(a, torch.Tensor))):
         return fn.apply(*args)
     return super(torch.autograd.Function, fn).apply(*args)
+
+
+def _autocast_off(device_type: str):
+    """A context that disables autocast for ``device_type`` if it is on (our maths never runs under it)."""
+    return torch.autocast(device_type=device_type, enabled=False) if _autocast_on(device_type) else _NO_CONTEXT
 
 
 def _autocast_on(device_type: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -39,17 +39,28 @@ def float64_needed(diag_sum_sq: torch.Tensor, b: int, lam: Lam) -> bool:
     reading a value would need a host synchronisation (then float32 is kept), and for non-finite inputs
     (NaN then propagates as in the plain gradient).
     """
+    return check_diagonal(diag_sum_sq, b, lam)[1]
+
+
+def check_diagonal(diag_sum_sq: torch.Tensor, b: int, lam: Lam) -> Tuple[Optional[bool], bool]:
+    """``(finite, float64_needed)`` from the Gram's diagonal with one host read (eager CPU only).
+
+    ``finite`` is None where no value may be read (traced code, accelerators). A finite diagonal means a finite
+    Gram (|S_ij| ≤ √(S_ii S_jj)).
+    """
     if not eager_host(diag_sum_sq) or b <= 0:
-        return False
+        return None, False
     if diag_sum_sq.numel() <= 4096:  # one host read, then plain Python (fewer tiny torch ops)
-        vals = diag_sum_sq.reshape(-1).tolist()
+        vals = diag_sum_sq.tolist()
+        while vals and isinstance(vals[0], list):  # (G, n) → flat
+            vals = [v for row in vals for v in row]
         total = math.fsum(vals)
         top = max(vals) if vals else 0.0
     else:
         top, total = torch.stack([diag_sum_sq.max(), diag_sum_sq.sum()]).tolist()  # one read
     if not math.isfinite(total):
-        return False
-    return _decide(top / b, total / (diag_sum_sq.numel() * b), lam)
+        return False, False
+    return True, _decide(top / b, total / (diag_sum_sq.numel() * b), lam)
 
 
 def float64_needed_rows(row_sum_sq: torch.Tensor, X: torch.Tensor, lam: Lam) -> bool:
@@ -86,30 +97,42 @@ def _eye_like(K: torch.Tensor) -> torch.Tensor:
     return torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
 
 
-def solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """``M K⁻¹`` for SPD ``K`` (batched: M ``(G, m, n)``, K ``(G, n, n)``), Cholesky with a float64 fallback.
+class Factor(NamedTuple):
+    """A factorised K for :func:`solve_factored`: its Cholesky factor and what the fallback needs."""
+
+    L: torch.Tensor  # lower Cholesky factor of K (garbage where the factorisation failed)
+    K: Optional[torch.Tensor] = None  # K itself where the float64 LU fallback is, or may be, needed
+    ok: Optional[torch.Tensor] = None  # branch-free path: per-group success flags (None in eager mode)
+
+
+def factor(K: torch.Tensor, finite: Optional[bool] = None) -> Factor:
+    """Cholesky-factorise SPD ``K`` (``(n, n)`` or batched ``(G, n, n)``), noting where the fallback is needed.
 
     A factor with ``info == 0`` and a finite diagonal is finite: LAPACK's potrf stops (info > 0) at the first
-    pivot that is ≤ 0 or NaN, and a NaN or ±inf anywhere in K's lower triangle reaches a later pivot.
+    pivot that is ≤ 0 or NaN, and a NaN or ±inf anywhere in K's lower triangle reaches a later pivot. ``finite``
+    (from :func:`check_diagonal`) says that K is known finite (True) or not (False), saving that check.
     """
-    if M.shape[0] == 1:  # one group: 2-D operands (no batched transposes or copies)
-        return _solve_right(M[0], K[0]).unsqueeze(0)
-    return _solve_right(M, K)
-
-
-def _solve_right(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(K)
+    if eager_host(K):
+        bad = finite is False or (info.item() != 0 if info.dim() == 0 else bool(info.any()))
+        if not bad and finite is None:
+            bad = not math.isfinite(float(L.diagonal(dim1=-2, dim2=-1).sum()))
+        return Factor(L, K if bad else None)
+    ok = (info == 0) & torch.isfinite(L.diagonal(dim1=-2, dim2=-1)).all(-1)
+    return Factor(L, K, ok)
+
+
+def solve_factored(M: torch.Tensor, f: Factor) -> torch.Tensor:
+    """``M K⁻¹`` from :func:`factor`'s result (M ``(m, n)`` or ``(G, m, n)`` like K)."""
+    if f.ok is None:
+        return _lu_float64(M, f.K) if f.K is not None else _trsm2(M, f.L)
+    return torch.where(f.ok[..., None, None], _trsm2(M, f.L), _lu_float64(M, f.K))
+
+
+def _trsm2(M: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     # M K⁻¹ = (M L⁻ᵀ) L⁻¹: two right-sided triangular solves (measured faster than cholesky_solve on Mᵀ)
-    Y = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L.mT, M, upper=True, left=False),
-                                      upper=False, left=False)
-    diag_sum = L.diagonal(dim1=-2, dim2=-1).sum(-1)
-    if eager_host(K):  # two host reads, no extra ops
-        ok = (not info.any()) if info.dim() else int(info) == 0
-        if ok and math.isfinite(float(diag_sum.sum()) if diag_sum.dim() else float(diag_sum)):
-            return Y
-        return _lu_float64(M, K)
-    ok = (info == 0) & torch.isfinite(diag_sum)
-    return torch.where(ok[..., None, None], Y, _lu_float64(M, K))
+    return torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L.mT, M, upper=True, left=False),
+                                        upper=False, left=False)
 
 
 def _lu_float64(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -119,11 +142,24 @@ def _lu_float64(M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_ex(K64, M.double().mT)[0].mT.to(M.dtype)
 
 
-def precondition_nxn(M: torch.Tensor, S: torch.Tensor, b: Union[int, torch.Tensor], lam: Lam) -> torch.Tensor:
-    """``M (S/b + λI)⁻¹`` with S the per-group Gram, shapes M ``(G, m, n)``, S ``(G, n, n)``."""
+def solve_right(M: torch.Tensor, K: torch.Tensor, finite: Optional[bool] = None) -> torch.Tensor:
+    """``M K⁻¹`` for SPD ``K`` (batched: M ``(G, m, n)``, K ``(G, n, n)``), Cholesky with a float64 fallback."""
+    if M.shape[0] == 1:  # one group: 2-D operands (no batched transposes or copies)
+        return solve_factored(M[0], factor(K[0], finite)).unsqueeze(0)
+    return solve_factored(M, factor(K, finite))
+
+
+def k_matrix(S: torch.Tensor, b: Union[int, torch.Tensor], lam: Lam) -> torch.Tensor:
+    """``K = S/b + λI`` (per group), formed in place of a fresh ``S/b``."""
     K = S / b
     K.diagonal(dim1=-2, dim2=-1).add_(lam)
-    return solve_right(M, K)
+    return K
+
+
+def precondition_nxn(M: torch.Tensor, S: torch.Tensor, b: Union[int, torch.Tensor], lam: Lam,
+                     finite: Optional[bool] = None) -> torch.Tensor:
+    """``M (S/b + λI)⁻¹`` with S the per-group Gram, shapes M ``(G, m, n)``, S ``(G, n, n)``."""
+    return solve_right(M, k_matrix(S, b, lam), finite)
 
 
 def precondition_bxb(M: torch.Tensor, U: torch.Tensor, lam: Lam) -> torch.Tensor:
