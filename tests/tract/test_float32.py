@@ -82,3 +82,35 @@ def test_public_gram_is_the_full_symmetric_second_moment(case, dtype, onednn, to
         want = Xg.T @ Xg
         assert ((S[g].double() - want).norm() / want.norm()).item() < tol
         assert torch.equal(S[g], S[g].mT)
+
+
+class _Tagged(torch.Tensor):
+    """A tensor subclass with its own ``__torch_function__`` (TrAct must take torch's generic Function path)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: nn.Conv2d(3, 8, 4, stride=4), (4, 3, 16, 16)),
+                                        (lambda: nn.Linear(20, 6), (5, 20))], ids=["conv_nxn", "linear_bxb"])
+def test_subclass_inputs_and_retained_graphs_give_the_same_gradients(make, shape):
+    """Tensor subclasses go through ``Function.apply`` (not the C++ shortcut); a retained graph's second
+    backward reuses the factor formed in the forward: both must give the plain-tensor gradient."""
+    torch.manual_seed(0)
+    base = make()
+    x = torch.randn(*shape)
+    R = torch.randn_like(base(x))
+    ref_layer = tractable.TrAct(copy.deepcopy(base), l=0.1)
+    (ref_layer(x) * R).sum().backward()
+    ref = ref_layer.weight.grad.clone()
+
+    sub = tractable.TrAct(copy.deepcopy(base), l=0.1)
+    (sub(x.as_subclass(_Tagged)) * R).sum().backward()
+    torch.testing.assert_close(sub.weight.grad.as_subclass(torch.Tensor), ref, rtol=1e-6, atol=1e-7)
+
+    twice = tractable.TrAct(copy.deepcopy(base), l=0.1)
+    loss = (twice(x) * R).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(twice.weight.grad, 2 * ref, rtol=1e-6, atol=1e-7)
