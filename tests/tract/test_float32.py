@@ -114,3 +114,18 @@ def test_subclass_inputs_and_retained_graphs_give_the_same_gradients(make, shape
     loss.backward(retain_graph=True)
     loss.backward()
     torch.testing.assert_close(twice.weight.grad, 2 * ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "matmul"])
+@pytest.mark.parametrize("n", [40, 300], ids=["n40", "n300_upper"])
+def test_public_gram_of_linear_rows_in_chunks(n, onednn):
+    """Linear rows (here non-contiguous tokens) through the chunked buffer: all of XᵀX, exactly symmetric."""
+    torch.manual_seed(0)
+    x = torch.randn(50, 3, n).transpose(0, 1)  # (3, 50, n), not contiguous
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        S, b = tractable.tract.gram(x, tractable.tract.Geometry("linear", n), torch.float32, chunk_bytes=16 * n * 4)
+    X = x.reshape(-1, n).double()
+    want = X.T @ X
+    assert b == 150 and S.shape == (1, n, n)
+    assert ((S[0].double() - want).norm() / want.norm()).item() < 1e-6
+    assert torch.equal(S[0], S[0].mT)

@@ -113,7 +113,8 @@ def linear_tract_gradient(
         Kb.diagonal().add_(b * lam)
         Z = solve_right(Gm.mT.unsqueeze(0), Kb.unsqueeze(0))[0]  # Gᵀ (XXᵀ + bλI)⁻¹, (m, b)
         return mm_nt(Z.mul_(b), X.mT).to(dtype)  # b·Z X
-    return tract_gradient(Gm.mT @ X, x, Geometry("linear", n), lam, "nxn", chunk_bytes).to(dtype)
+    M = mm_nt(Gm.mT, X.mT)  # GᵀX (m, n), both operands column-major views
+    return tract_gradient(M, x, Geometry("linear", n), lam, "nxn", chunk_bytes).to(dtype)
 
 
 def _save_input_and_lambda(ctx, x: torch.Tensor, lam: Lam) -> None:

@@ -85,7 +85,7 @@ def gram_add_(S: Optional[torch.Tensor], U: torch.Tensor) -> torch.Tensor:
     upper = n >= UPPER_MIN_N
     if S is None and upper:
         S = U.new_zeros((G, n, n))
-    nb = max(64, -(-n // 8))
+    nb = _block(n)
     if G == 0 or not _onednn_ok(U[0]):
         if not upper:
             return U @ U.mT if S is None else S.baddbmm_(U, U.mT)
@@ -106,7 +106,24 @@ def gram_add_(S: Optional[torch.Tensor], U: torch.Tensor) -> torch.Tensor:
 
 
 def mirror_upper(S: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle is S's (after :func:`gram_add_` with n ≥ UPPER_MIN_N)."""
-    if S.shape[-1] < UPPER_MIN_N:
+    """Complete S in place from its upper block triangle (after :func:`gram_add_` with n ≥ UPPER_MIN_N).
+
+    Off-diagonal blocks are copied transposed, block by block (measured 0.44 ms at n = 768, against 2.7-5.3 ms
+    for ``triu(S) + triu(S, 1).mT``); the diagonal blocks, whose two triangles were computed separately, are
+    symmetrised from their upper triangle, so that S is exactly symmetric.
+    """
+    n = S.shape[-1]
+    if n < UPPER_MIN_N:
         return S
-    return torch.triu(S) + torch.triu(S, 1).mT
+    nb = _block(n)
+    for i in range(0, n, nb):
+        d = S[..., i : i + nb, i : i + nb]
+        d.copy_(torch.triu(d) + torch.triu(d, 1).mT)
+        if i + nb < n:
+            S[..., i + nb :, i : i + nb].copy_(S[..., i : i + nb, i + nb :].mT)
+    return S
+
+
+def _block(n: int) -> int:
+    """Columns per block row of the upper block triangle: 8 block rows, at least 64 columns each."""
+    return max(64, -(-n // 8))

@@ -121,22 +121,21 @@ def _chunks(xb: torch.Tensor, geom: Geometry, esize: int, chunk_bytes: int):
                 yield v[:, :, o0 : o0 + oc].permute(perm)
 
 
-def _gram_buffered(xb: torch.Tensor, geom: Geometry, dtype: torch.dtype, esize: int, chunk_bytes: int):
-    """Eager path: every chunk is copied into one reused buffer (no allocation and page faults per chunk) and
-    accumulated in place with :func:`tractable.tract.gemm.gram_add_` (oneDNN in float32; for large n only the
-    upper block triangle)."""
-    n_g, G = geom.n_per_group, geom.groups
+def _gram_buffered(pieces, G: int, n_g: int, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """Eager path: every chunk (a view whose elements are ordered (group, feature, row)) is copied into one
+    reused buffer (no allocation and page faults per chunk) and accumulated in place with
+    :func:`tractable.tract.gemm.gram_add_` (oneDNN in float32; for large n only the upper block triangle)."""
     S = None
     buf = None
-    for piece in _chunks(xb, geom, esize, chunk_bytes):
+    for piece in pieces:
         numel = piece.numel()
         if buf is None or buf.numel() < numel:
-            buf = torch.empty(numel, dtype=dtype, device=xb.device)
+            buf = torch.empty(numel, dtype=dtype, device=like.device)
         U = buf[:numel].view(piece.shape)
         U.copy_(piece)
         S = gram_add_(S, U.view(G, n_g, -1))
     if S is None:  # no rows
-        return xb.new_zeros((G, n_g, n_g), dtype=dtype)
+        return like.new_zeros((G, n_g, n_g), dtype=dtype)
     return mirror_upper(S)
 
 
@@ -149,9 +148,12 @@ def gram(
     if geom.kind == "linear":
         X = x.reshape(-1, n_g)
         b = X.shape[0]
+        rows = max(1, chunk_bytes // max(n_g * esize, 1))
+        if plain_eager(X):  # chunks of Xᵀ (n, rows) through the reused buffer
+            pieces = (X[r0 : r0 + rows].mT.unsqueeze(0) for r0 in range(0, b, rows))
+            return _gram_buffered(pieces, 1, n_g, dtype, X), b
         if X.dtype == dtype:
             return (X.mT @ X).unsqueeze(0), b
-        rows = max(1, chunk_bytes // max(n_g * esize, 1))
         S: Optional[torch.Tensor] = None
         for r0 in range(0, b, rows):
             Xc = X[r0 : r0 + rows].to(dtype)
@@ -163,7 +165,7 @@ def gram(
     xb = _batched(x, geom)
     b = num_rows(xb, geom)
     if plain_eager(xb):
-        return _gram_buffered(xb, geom, dtype, esize, chunk_bytes), b
+        return _gram_buffered(_chunks(xb, geom, esize, chunk_bytes), geom.groups, n_g, dtype, xb), b
     S = None
     for piece in _chunks(xb, geom, esize, chunk_bytes):
         U = piece.to(dtype=dtype, memory_format=torch.contiguous_format).reshape(geom.groups, n_g, -1)
