@@ -120,11 +120,13 @@ SHAPES = {
     "patch4": ("4×4 patch embedding: Conv2d(3,192,4,s=4), B=128, 32×32",
                lambda nn: nn.Conv2d(3, 192, 4, stride=4), (128, 3, 32, 32)),
     "linear": ("Linear(784,256), B=256", lambda nn: nn.Linear(784, 256), (256, 784)),
+    "linear_b4096": ("Linear(784,256), B=4096 (n×n form)", lambda nn: nn.Linear(784, 256), (4096, 784)),
     "conv1d": ("Conv1d(3,64,7,p=3), B=64, L=1024", lambda nn: nn.Conv1d(3, 64, 7, padding=3), (64, 3, 1024)),
     "conv3d": ("Conv3d(3,32,3,p=1), B=8, 16×32×32", lambda nn: nn.Conv3d(3, 32, 3, padding=1), (8, 3, 16, 32, 32)),
 }
 SHORT = {"stem": "CIFAR stem 3→64 k3", "vit_s16": "ViT-S/16 embed", "patch4": "4×4 patch embed",
-         "linear": "Linear(784,256)", "conv1d": "Conv1d(3,64,7) L=1024", "conv3d": "Conv3d(3,32,3) 16×32²"}
+         "linear": "Linear(784,256)", "linear_b4096": "Linear(784,256) B=4096", "conv1d": "Conv1d(3,64,7) L=1024",
+         "conv3d": "Conv3d(3,32,3) 16×32²"}
 
 
 def floor_ratio(b: int, n: int, m: int) -> float:
