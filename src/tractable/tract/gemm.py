@@ -7,13 +7,16 @@ Gram 12544 × 768: 154 ms → 73 ms). Both accumulate in float32 and agree to fl
 1e-7). ``linear(A, B) = A Bᵀ`` is exactly the product a Gram needs, with U = Xᵀ laid out (n, rows).
 
 oneDNN is used only where it is safe and worth it: plain eager mode (not under ``torch.compile`` or
-``torch.func``), CPU, float32, 2-D operands stored row- or column-major. Its availability is checked once per process with a
-small product compared against ``torch.matmul`` (a capability probe, not state that changes results); any
-failure falls back to ``torch.matmul``, and so does ``torch.backends.mkldnn.flags(enabled=False)``. Everything else (float64, GPUs, traced code) uses ``torch.matmul``.
+``torch.func``), CPU, float32, 2-D operands stored row- or column-major. Its availability is checked once per
+process with a small product compared against float64 ``torch.matmul`` on all four layouts (a capability
+probe, not state that changes results); any failure falls back to ``torch.matmul``, and so does
+``torch.backends.mkldnn.flags(enabled=False)``. Everything else (float64, GPUs, traced code) uses
+``torch.matmul``.
 
-Gram of a tall block (n ≥ :data:`UPPER_MIN_N`): BLAS ``syrk`` is not reachable from torch, so only the
-upper block triangle is multiplied (block rows of ``nb`` columns against everything to their right) and
-mirrored afterwards: k(k+1)/2 of the k² block products, measured as fast as MKL's own ssyrk.
+Gram of a wide block (n ≥ :data:`UPPER_MIN_N`): BLAS ``syrk`` is not reachable from torch, so only the upper
+block triangle is multiplied (8 block rows, each against everything to its right) and mirrored afterwards:
+k(k+1)/2 of the k² block products. Measured with oneDNN at n = 768: 10.9 ms against 15.6 ms for the full
+product on 2730 rows, 44 ms against 68 ms on 12544 rows.
 """
 from __future__ import annotations
 
