@@ -1,6 +1,4 @@
 """``python -m tractable ...`` (also ``torchrun ... -m tractable train ...``): the console script."""
-import sys
+from tractable.cli.main import entry
 
-from tractable.cli.main import main
-
-sys.exit(main())
+entry()

@@ -69,3 +69,20 @@ def test_python_dash_m_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tractable", "list", "presets"], capture_output=True, text=True,
                          check=True)
     assert "tract_cifar10_resnet18" in out.stdout
+
+
+def test_console_entry_exits_normally_outside_torchrun(monkeypatch, capsys):
+    """Only a successful run under torchrun (WORLD_SIZE > 1) skips the interpreter teardown; here the exit is a
+    normal SystemExit with main()'s code."""
+    from tractable.cli.main import entry
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["tractable", "list", "rules"])
+    with pytest.raises(SystemExit) as e:
+        entry()
+    assert e.value.code == 0 and "tract" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["tractable", "train", "--preset", "no-such-preset"])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a failed run keeps the normal exit even under torchrun
+    with pytest.raises(SystemExit) as e:
+        entry()
+    assert e.value.code == 2

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import tractable
+from tractable.train import skip_interpreter_teardown
 
 
 def _model(dtype):
@@ -64,6 +65,7 @@ def _worker(rank, world, init_file, out_dir, dtype, exact, micro):
         torch.save(_grads(model), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    skip_interpreter_teardown()
 
 
 class _nullcontext:

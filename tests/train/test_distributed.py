@@ -19,6 +19,7 @@ from tractable.train import (
     init_distributed,
     is_main,
     latest_checkpoint,
+    skip_interpreter_teardown,
     train,
     world_size,
 )
@@ -57,6 +58,7 @@ def _worker(rank, world, port, cfg_dicts):
         assert all_reduce_sum(t.clone()).item() == 3.0 and all_reduce_mean(t.clone()).item() == 1.5
     finally:
         cleanup()
+    skip_interpreter_teardown()
 
 
 def _steps(run_dir):

@@ -146,5 +146,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """Console-script entry point: ``main()``, and under ``torchrun`` a successful run ends without the
+    interpreter teardown (see :func:`tractable.train.skip_interpreter_teardown`)."""
+    code = main()
+    if code == 0:
+        from tractable.train.distributed import launched_by_torchrun, skip_interpreter_teardown
+
+        if launched_by_torchrun():
+            skip_interpreter_teardown(0)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -28,6 +28,7 @@ __all__ = [
     "wrap_ddp",
     "unwrap_model",
     "cleanup",
+    "skip_interpreter_teardown",
 ]
 
 
@@ -138,3 +139,31 @@ def cleanup() -> None:
     """Destroy the default process group, if any."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+def skip_interpreter_teardown(code: int = 0) -> None:
+    """End a worker process now, with ``code``, after flushing stdout and stderr: no interpreter teardown.
+
+    Measured here: about 1 in 25 two-rank gloo runs on a loaded 2-core machine ended with "terminate called
+    without an active exception" (SIGABRT) *after* every atexit handler had run, i.e. in torch's C++ static
+    destructors, although the run itself had finished and written its results. torchrun then reports the rank
+    as failed. Call this only at the very end of a successful multi-process run, after the process group was
+    destroyed and every file was closed (the CLI does so under ``torchrun``); atexit handlers still registered
+    by other libraries are skipped.
+    """
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or detached stream: nothing to flush
+            pass
+    os._exit(code)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
