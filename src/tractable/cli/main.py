@@ -149,13 +149,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 def entry() -> None:
     """Console-script entry point: ``main()``, and under ``torchrun`` a successful run ends without the
     interpreter teardown (see :func:`tractable.train.skip_interpreter_teardown`)."""
-    code = main()
-    if code == 0:
-        from tractable.train.distributed import launched_by_torchrun, skip_interpreter_teardown
+    from tractable.train.distributed import exit_process
 
-        if launched_by_torchrun():
-            skip_interpreter_teardown(0)
-    sys.exit(code)
+    exit_process(main())
 
 
 if __name__ == "__main__":

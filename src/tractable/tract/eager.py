@@ -18,14 +18,18 @@ def plain_eager(t: torch.Tensor) -> bool:
     """A plain ``torch.Tensor`` outside compilation and outside any ``torch.func`` transform."""
     if type(t) is not torch.Tensor or torch.compiler.is_compiling():
         return False
-    return not (_is_functorch_wrapped is not None and _is_functorch_wrapped(t))
+    return not _functorch_wrapped(t)
 
 
 def plain_tensor(t: torch.Tensor) -> bool:
     """A ``torch.Tensor`` or ``nn.Parameter`` (no other subclass) that no ``torch.func`` transform wraps."""
     if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
         return False
-    return not (_is_functorch_wrapped is not None and _is_functorch_wrapped(t))
+    return not _functorch_wrapped(t)
+
+
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    return _is_functorch_wrapped is not None and _is_functorch_wrapped(t)
 
 
 def eager_host(t: torch.Tensor) -> bool:

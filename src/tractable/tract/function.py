@@ -104,7 +104,7 @@ def linear_tract_gradient(
     b = X.shape[0]
     if b == 0:
         return X.new_zeros((m, n))
-    if form == "bxb" or (form == "auto" and b < n):
+    if not uses_nxn(b, n, form):
         X = X.contiguous()
         Kb = mm_nt(X, X)  # X Xᵀ (b, b)
         if dtype == torch.float32 and float64_needed_rows(Kb.diagonal(), X, lam):

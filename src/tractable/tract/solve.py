@@ -75,22 +75,20 @@ def float64_needed_rows(row_sum_sq: torch.Tensor, X: torch.Tensor, lam: Lam) -> 
     total = float(row_sum_sq.sum())
     if not math.isfinite(total) or b <= 0:
         return False
-    lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
-    if total / b / lam_v <= FLOAT32_RATIO_LIMIT:
+    if total / b / float(lam) <= FLOAT32_RATIO_LIMIT:
         return _decide(total / b, total / (b * n), lam)
     return float64_needed((X * X).sum(0), b, lam)
 
 
 def _decide(top: float, mean: float, lam: Lam) -> bool:
     """``top`` = max diag(XᵀX/b) (or an upper bound), ``mean`` = its mean: warn off-scale inputs, decide."""
-    lam_v = float(lam) if not isinstance(lam, torch.Tensor) else float(lam.detach())
     if not (1e-2 <= mean <= 1e2):
         warnings.warn(
             f"TrAct: the layer input's mean square is {mean:.3g} per feature; the paper's λ guidance (0.05-0.2) "
             "assumes inputs standardised to mean 0 and std 1 per channel (spec: 'Standardised-input assumption')",
             stacklevel=3,
         )
-    return top / lam_v > FLOAT32_RATIO_LIMIT
+    return top / float(lam) > FLOAT32_RATIO_LIMIT
 
 
 def _eye_like(K: torch.Tensor) -> torch.Tensor:

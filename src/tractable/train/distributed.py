@@ -161,8 +161,17 @@ def skip_interpreter_teardown(code: int = 0) -> None:
     os._exit(code)
 
 
-def launched_by_torchrun() -> bool:
-    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+def exit_process(code: int) -> None:
+    """``sys.exit(code)`` for a command-line entry point; a successful run started by ``torchrun``
+    (``WORLD_SIZE`` > 1) ends through :func:`skip_interpreter_teardown` instead."""
+    import sys
+
+    if code == 0 and _launched_by_torchrun():
+        skip_interpreter_teardown(0)
+    sys.exit(code)
+
+
+def _launched_by_torchrun() -> bool:
     try:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
