@@ -74,8 +74,13 @@ def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.mT`` for ``a (p, k)`` and ``b (q, k)`` (oneDNN on eligible float32 CPU tensors: row- or
     column-major, so ``mm_nt(z, x.mT)`` computes ``z @ x`` without a transposed copy of x)."""
     if _onednn_ok(a, b):
-        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+        return _dnn(a, b)
     return a @ b.mT
+
+
+def _dnn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """oneDNN's ``a @ b.mT``, for operands :func:`_onednn_ok` has accepted."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
 def gram_add_(S: Optional[torch.Tensor], U: torch.Tensor) -> torch.Tensor:
@@ -89,7 +94,8 @@ def gram_add_(S: Optional[torch.Tensor], U: torch.Tensor) -> torch.Tensor:
     if S is None and upper:
         S = U.new_zeros((G, n, n))
     nb = _block(n)
-    if G == 0 or not _onednn_ok(U[0]):
+    # one check for all products: in a contiguous U every U[g] and each of its row blocks is contiguous too
+    if G == 0 or not (U.is_contiguous() and _onednn_ok(U[0])):
         if not upper:
             return U @ U.mT if S is None else S.baddbmm_(U, U.mT)
         for i in range(0, n, nb):
@@ -97,14 +103,14 @@ def gram_add_(S: Optional[torch.Tensor], U: torch.Tensor) -> torch.Tensor:
         return S
     if not upper:
         if S is None:
-            return torch.stack([mm_nt(U[g], U[g]) for g in range(G)]) if G > 1 else mm_nt(U[0], U[0]).unsqueeze(0)
+            return torch.stack([_dnn(U[g], U[g]) for g in range(G)]) if G > 1 else _dnn(U[0], U[0]).unsqueeze(0)
         for g in range(G):
-            S[g] += mm_nt(U[g], U[g])
+            S[g] += _dnn(U[g], U[g])
         return S
     for g in range(G):
         Ug = U[g]
         for i in range(0, n, nb):
-            S[g, i : i + nb, i:] += mm_nt(Ug[i : i + nb], Ug[i:])
+            S[g, i : i + nb, i:] += _dnn(Ug[i : i + nb], Ug[i:])
     return S
 
 
