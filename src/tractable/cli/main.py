@@ -7,10 +7,15 @@ curves), ``list`` (models, datasets, presets, rules).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from typing import List, Optional
+
+
+#: modules with ``add_commands(subparsers)`` adding a method family's commands (one module per family)
+COMMAND_MODULES = ("tractable.cli.feedback", "tractable.cli.subspace", "tractable.cli.crate")
 
 
 def _cmd_demo(args) -> int:
@@ -124,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list models, datasets, presets or learning rules")
     ls.add_argument("what", choices=["models", "datasets", "presets", "rules"])
     ls.set_defaults(func=_cmd_list)
+
+    for name in COMMAND_MODULES:  # each family's commands (fa-audit, subspace-eval, crate-measure, ...)
+        importlib.import_module(name).add_commands(sub)
     return p
 
 

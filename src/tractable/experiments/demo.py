@@ -7,9 +7,16 @@ Every row trains through the runner (:func:`tractable.train.train`) into its own
 
 Each method family adds its row to :data:`ROWS`. The table reports test accuracy per epoch as mean ± std
 over seeds, and a closing line states the final difference to plain backprop with its standard error.
+
+Families whose result is not a per-epoch accuracy curve of the same MLP (subspace midpoints, CRATE's sparsity,
+…) add a *section* to :data:`SECTIONS`: ``"module:function"``, called after the table as
+``function(seeds=..., root=..., echo=...)``; it trains what it needs under ``root``, prints its own short table
+through ``echo`` and returns it as Markdown (appended to ``demo.md``). Each section must stay within about
+40 seconds on 2 CPU cores: the whole demo stays under five minutes.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +38,9 @@ ROWS: List[DemoRow] = [
     DemoRow("backprop (plain)", ["method.name=normal"]),
     DemoRow("TrAct λ=0.1", ["method.name=tract", "method.l=0.1"]),
 ]
+
+#: extra demo sections, ``"module:function"`` (see the module docstring), run in this order after the table
+SECTIONS: List[str] = []
 
 BASE = {
     "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 512},
@@ -59,7 +69,7 @@ def _mean_std(values: Sequence[float]):
 
 
 def run_demo(seeds: int = 10, epochs: int = 6, out_dir: Optional[str] = None, rows: Optional[List[DemoRow]] = None,
-             plot: bool = True, extra: Sequence[str] = (), echo=print) -> Dict[str, List[List[float]]]:
+             plot: bool = True, extra: Sequence[str] = (), echo=print, sections: bool = True) -> Dict[str, List[List[float]]]:
     """Train every row for ``seeds`` seeds; print the table; return ``{label: [per-seed accuracy curves]}``."""
     from tractable.train import train
 
@@ -85,7 +95,13 @@ def run_demo(seeds: int = 10, epochs: int = 6, out_dir: Optional[str] = None, ro
     echo(table)
     echo("")
     echo(verdict(curves))
-    (root / "demo.md").write_text(table + "\n\n" + verdict(curves) + "\n")
+    markdown = table + "\n\n" + verdict(curves) + "\n"
+    for spec in SECTIONS if sections else ():
+        module, _, func = spec.partition(":")
+        echo("")
+        section = getattr(importlib.import_module(module), func)(seeds=seeds, root=root, echo=echo)
+        markdown += "\n" + section.rstrip() + "\n"
+    (root / "demo.md").write_text(markdown)
     if plot:
         try:
             path = plot_curves(curves, root / "demo.png")

@@ -1,0 +1,6 @@
+"""Commands of the subspace family (subspace-eval): argument parsing only; the work is in :mod:`tractable.experiments`."""
+from __future__ import annotations
+
+
+def add_commands(sub) -> None:
+    """Add this family's subcommands to the ``tractable`` parser's subparsers."""
