@@ -20,9 +20,11 @@ def test_every_command_has_help(cmd, capsys):
 
 def test_list_commands(capsys):
     for what, expected in (("models", "resnet18_tract_cifar"), ("datasets", "digits"), ("presets", "smoke"),
-                           ("rules", "tract")):
+                           ("rules", "tract:")):
         assert main(["list", what]) == 0
         assert expected in capsys.readouterr().out.split()
+    main(["list", "rules"])
+    assert "method.l: float = 0.1" in capsys.readouterr().out  # each rule with its typed options
 
 
 def _smoke(tmp_path, name, *extra):

@@ -127,3 +127,83 @@ def test_missing_required_and_range_checks(tmp_path):
         load_config(None, ok + ["run.name=a/b"])
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "nope.yaml")
+
+
+# -- per-rule options -----------------------------------------------------------------------------------------
+
+def _method(**kw):
+    data = yaml.safe_load(BASE)
+    data["method"] = kw
+    return config_from_dict(data)
+
+
+def test_method_options_belong_to_their_rule():
+    cfg = _method(name="tract", l=0.2, exact=True)
+    assert cfg.method.options.l == 0.2 and cfg.method.l == 0.2 and cfg.method.exact is True
+    assert config_to_dict(cfg)["method"] == {"name": "tract", "l": 0.2, "exact": True, "layer": None, "kwargs": {}}
+    assert config_to_dict(_method(name="normal"))["method"] == {"name": "normal"}
+    with pytest.raises(ConfigError, match=r"unknown key 'method.placement' for learning rule 'tract'.*valid keys: "
+                                          r"name, l, exact, layer, kwargs"):
+        _method(name="tract", placement="post_ln")
+    with pytest.raises(ConfigError, match=r"'method.l' for learning rule 'normal' \('l' is an option of 'tract'\)"):
+        _method(name="normal", l=0.5)
+    with pytest.raises(ConfigError, match=r"method.exact: expected a bool"):
+        _method(name="tract", exact="yes")
+    with pytest.raises(ConfigError, match=r"method.l: TrAct's λ must be > 0"):
+        _method(name="tract", l=0.0)
+    with pytest.raises(ConfigError, match=r"method.name: unknown learning rule 'nope'; accepted values: .*'tract'"):
+        _method(name="nope")
+    with pytest.raises(AttributeError, match="learning rule 'normal' has no option 'l'"):
+        _method(name="normal").method.l
+
+
+def test_method_section_written_by_earlier_versions_still_loads():
+    # before options belonged to their rule, every method section carried TrAct's keys with these defaults
+    cfg = _method(name="normal", l=0.1, exact=False, layer=None, kwargs={})
+    assert cfg.method.name == "normal" and config_to_dict(cfg)["method"] == {"name": "normal"}
+
+
+def test_a_new_rule_gets_typed_validated_options():
+    from dataclasses import dataclass
+    from typing import Literal
+
+    from tractable.train.rules import LearningRule, _RULES, build_rule, describe_rules, register_rule
+
+    @register_rule("_test_rule")
+    class _TestRule(LearningRule):
+        """A rule made by the test."""
+
+        @dataclass
+        class Options:
+            kind: Literal["line", "curve"] = "line"
+            beta: float = 1.0
+
+            def validate(self):
+                if self.beta < 0:
+                    raise ValueError(f"method.beta: must be >= 0, got {self.beta}")
+
+    try:
+        cfg = _method(name="_test_rule", kind="curve", beta="2e-1")
+        assert (cfg.method.kind, cfg.method.beta) == ("curve", 0.2)
+        rule = build_rule(cfg.method)
+        assert isinstance(rule, _TestRule) and rule.opts.kind == "curve"
+        with pytest.raises(ConfigError, match=r"method.kind: 'simplex' is not accepted; accepted values: 'line', "
+                                              r"'curve'"):
+            _method(name="_test_rule", kind="simplex")
+        with pytest.raises(ConfigError, match=r"method.beta: must be >= 0, got -1.0"):
+            _method(name="_test_rule", beta=-1)
+        text = "\n".join(describe_rules())
+        assert "_test_rule: A rule made by the test." in text and "method.kind: 'line' | 'curve' = 'line'" in text
+        assert config_from_dict(config_to_dict(cfg)) == cfg
+    finally:
+        _RULES._classes.pop("_test_rule")
+
+
+def test_overriding_the_rule_starts_its_options_afresh(base_yaml):
+    # the file's TrAct λ belongs to TrAct: switching to plain backprop drops it, in any override order
+    cfg = load_config(base_yaml, ["method.name=normal"])
+    assert cfg.method.name == "normal" and config_to_dict(cfg)["method"] == {"name": "normal"}
+    cfg = load_config(base_yaml, ["method.exact=true", "method.name=tract"])  # same rule: the file's l is kept
+    assert (cfg.method.l, cfg.method.exact) == (0.05, True)
+    with pytest.raises(ConfigError, match="'method.l' for learning rule 'normal'"):
+        load_config(base_yaml, ["method.l=0.2", "method.name=normal"])

@@ -83,7 +83,7 @@ def _cmd_list(args) -> int:
     elif args.what == "presets":
         from tractable.experiments.presets import list_presets as f
     else:
-        from tractable.train import list_rules as f
+        from tractable.train.rules import describe_rules as f
     print("\n".join(f()))
     return 0
 

@@ -78,7 +78,8 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Run
     cfg = {
         "data": data,
         "model": {"name": model},
-        "method": {"name": method, "l": args.l, "exact": args.exact},
+        # λ and --exact are TrAct's options; like the official script, the baseline ignores --l
+        "method": {"name": method, "l": args.l, "exact": args.exact} if method == "tract" else {"name": method},
         "optim": {"name": optim, "lr": args.lr, "momentum": 0.9, "weight_decay": 0.0},
         "schedule": {"name": schedule},
         "train": {"epochs": args.n_epochs, "seed": args.seed, "device": args.device, "amp": args.amp,

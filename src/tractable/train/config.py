@@ -75,15 +75,27 @@ class ModelConfig:
 class MethodConfig:
     """Learning rule attached to the model before the optimizer is built (see :mod:`tractable.train.rules`).
 
-    ``l``, ``exact`` and ``layer`` are TrAct's options (``layer``: a submodule path, default the model's first
-    layer); other rules take their options from ``kwargs``.
+    ``name`` selects the rule; every other key of the ``method`` section is one of *that rule's* typed options
+    (its ``Options`` dataclass, listed by ``tractable list rules``), e.g. ``method.name=tract method.l=0.05``.
+    ``options`` holds the validated ``Options`` instance; ``cfg.method.<option>`` reads it. In YAML and in the
+    saved ``config.yaml`` the options sit flat next to ``name``.
     """
 
     name: str = "normal"
-    l: float = 0.1
-    exact: bool = False
-    layer: Optional[str] = None
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    options: Any = None
+
+    def __post_init__(self):
+        if self.options is None:
+            self.options = _build_method({"name": self.name}, "method").options
+
+    def __getattr__(self, key):  # only reached when normal lookup fails: the rule's options
+        if key.startswith("__") or key == "options":
+            raise AttributeError(key)
+        options = self.__dict__.get("options")
+        try:
+            return getattr(options, key)
+        except AttributeError:
+            raise AttributeError(f"learning rule {self.__dict__.get('name')!r} has no option {key!r}") from None
 
 
 @dataclass
@@ -246,6 +258,8 @@ def _coerce(value, tp, key: str):
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+    if tp is MethodConfig:
+        return _build_method(value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     raise TypeError(f"config: unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
@@ -270,7 +284,9 @@ def _build(cls, data, prefix: str):
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            if dataclasses.is_dataclass(hints[name]):
+            if hints[name] is MethodConfig:
+                kwargs[name] = _build_method({}, key)
+            elif dataclasses.is_dataclass(hints[name]):
                 kwargs[name] = _build(hints[name], {}, key)  # reports the section's missing keys
             else:
                 raise ConfigError(f"missing required key {key!r}")
@@ -281,13 +297,55 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+#: keys every ``method`` section carried before options belonged to their rule, with their old defaults: a
+#: config written then (e.g. a run directory's config.yaml with ``name: normal, l: 0.1, exact: false``) still
+#: loads when a key the rule does not know holds its old default
+_LEGACY_METHOD_DEFAULTS = {"l": 0.1, "exact": False, "layer": None, "kwargs": {}}
+
+
+def _build_method(data, prefix: str = "method") -> MethodConfig:
+    """The ``method`` section: ``name`` picks the rule, the other keys are validated against its ``Options``."""
+    from tractable.train.rules import rule_class, rules_with_option
+
+    if isinstance(data, MethodConfig):
+        data = config_to_dict(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping (name and the rule's options), got {data!r} "
+                          f"({type(data).__name__})")
+    name = _coerce(data.get("name", "normal"), str, _join(prefix, "name"))
+    try:
+        cls = rule_class(name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    option_fields = [f.name for f in dataclasses.fields(cls.Options)]
+    rest = {}
+    for k, v in data.items():
+        if k == "name":
+            continue
+        if k not in option_fields:
+            if k in _LEGACY_METHOD_DEFAULTS and _LEGACY_METHOD_DEFAULTS[k] == v:
+                continue
+            owners = [r for r in rules_with_option(k) if r != name]
+            hint = f" ({k!r} is an option of {', '.join(map(repr, owners))})" if owners else ""
+            valid = ", ".join(["name", *option_fields])
+            raise ConfigError(f"unknown key {_join(prefix, k)!r} for learning rule {name!r}{hint}; valid keys: "
+                              f"{valid}")
+        rest[k] = v
+    options = _build(cls.Options, rest, prefix)
+    validate = getattr(options, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return MethodConfig(name=name, options=options)
+
+
 def _check_semantics(cfg: RunConfig) -> None:
-    from tractable.train.rules import list_rules
     from tractable.train.task import list_tasks
 
-    if cfg.method.name not in list_rules():
-        raise ConfigError(f"method.name: {cfg.method.name!r} is not a registered learning rule; "
-                          f"accepted values: {', '.join(map(repr, list_rules()))}")
     if cfg.task not in list_tasks():
         raise ConfigError(f"task: {cfg.task!r} is not a registered task; accepted values: "
                           f"{', '.join(map(repr, list_tasks()))}")
@@ -315,8 +373,6 @@ def _check_semantics(cfg: RunConfig) -> None:
         raise ConfigError(f"train.clip_grad: must be > 0 or null (off), got {cfg.train.clip_grad}")
     if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum <= 0):
         raise ConfigError("optim.nesterov: needs optim.name='sgd' and optim.momentum > 0")
-    if cfg.method.name == "tract" and cfg.method.l <= 0:
-        raise ConfigError(f"method.l: TrAct's λ must be > 0 (paper default 0.1), got {cfg.method.l}")
     if cfg.name is not None and (not cfg.name or "/" in cfg.name or cfg.name in (".", "..")):
         raise ConfigError(f"name: must be a plain directory name without '/', got {cfg.name!r}")
 
@@ -345,8 +401,23 @@ def _fold_run_alias(data: dict) -> dict:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``a.b=value`` strings to a nested dict (returns a new dict; values parsed as YAML)."""
+    """Apply ``a.b=value`` strings to a nested dict (returns a new dict; values parsed as YAML).
+
+    A ``method.name=...`` override that changes the learning rule is applied first and starts the ``method``
+    section afresh: the options of a file's or preset's rule belong to that rule (``--preset
+    open_tract_cifar100_resnet method.name=normal`` drops its ``l: 0.05``); the other ``method.*`` overrides are
+    then applied on top, in any order.
+    """
     data = copy.deepcopy(data)
+    overrides = list(overrides)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if sep and key.strip() == "method.name":
+            method = data.get("method")
+            name = _parse_value(text)
+            old = method.get("name", "normal") if isinstance(method, dict) else None
+            if old != name:
+                data["method"] = {"name": name}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.1")
@@ -396,6 +467,8 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
 
 
 def _plain(v):
+    if isinstance(v, MethodConfig):  # the rule's options sit flat next to its name
+        return {"name": v.name, **_plain(v.options)}
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
     if isinstance(v, (list, tuple)):

@@ -1,6 +1,14 @@
 """Learning rules: how a method plugs into the runner, and the registry behind ``method.name``.
 
-A :class:`LearningRule` is built from the run's :class:`~tractable.train.config.MethodConfig` and is given the
+Each rule declares its own typed options as a nested ``Options`` dataclass (fields annotated like the other
+config sections: bool, int, float, str, ``Literal[...]``, ``Optional``, lists, mappings), optionally with a
+``validate()`` method that raises ``ValueError("method.<key>: ...")``. The ``method`` section of a config holds
+``name`` plus exactly those options, flat (``method.name=tract method.l=0.05``): an unknown key, a wrong type or a
+value outside an enumeration is a :class:`~tractable.train.config.ConfigError` naming the key and the rule's
+valid keys, and the saved ``config.yaml`` records every option. ``tractable list rules`` prints each rule with its
+options (:func:`describe_rules`).
+
+A :class:`LearningRule` is built with the validated ``Options`` instance (``self.opts``) and is given the
 freshly created model *before* the optimizer exists, so it may swap layers or re-parametrise the model
 (TrAct, feedback alignment, subspaces). The loop then uses:
 
@@ -13,11 +21,16 @@ freshly created model *before* the optimizer exists, so it may swap layers or re
 * ``state_dict``/``load_state_dict`` — rule state saved in checkpoints (tensors and plain values only).
 
 Register a new rule with ``@register_rule("name")`` on a subclass; ``build_rule(method_cfg)`` instantiates
-it with the config. Method packages stay independent of the runner: the rule class lives here (or in
-``tractable.experiments``) and calls the method package's public functions.
+it with the config's options. Method packages stay independent of the runner: the rule class lives here or in a
+module listed in :data:`RULE_MODULES` (imported the first time the registry is read) and calls the method
+package's public functions.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import typing
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import torch.nn as nn
@@ -25,9 +38,21 @@ import torch.nn as nn
 from tractable.train.hooks import Hook
 from tractable.train.registry import ClassRegistry
 
-__all__ = ["LearningRule", "NormalRule", "TrActRule", "register_rule", "build_rule", "list_rules"]
+__all__ = ["LearningRule", "NormalRule", "TrActRule", "register_rule", "build_rule", "list_rules", "rule_class",
+           "rules_with_option", "describe_rules", "RULE_MODULES"]
 
 _RULES = ClassRegistry("learning rule", "method.name", lambda: LearningRule)
+
+#: modules that register further rules (one per method family), imported the first time the registry is read
+RULE_MODULES: List[str] = []
+_loaded: List[str] = []
+
+
+def _load_rule_modules() -> None:
+    for name in RULE_MODULES:
+        if name not in _loaded:
+            _loaded.append(name)
+            importlib.import_module(name)
 
 
 def register_rule(name: str) -> Callable[[type], type]:
@@ -37,12 +62,41 @@ def register_rule(name: str) -> Callable[[type], type]:
 
 def list_rules() -> List[str]:
     """Names accepted by ``method.name``."""
+    _load_rule_modules()
     return _RULES.names()
 
 
+def rule_class(name: str) -> type:
+    """The :class:`LearningRule` subclass registered as ``name`` (ValueError listing the accepted names)."""
+    _load_rule_modules()
+    return _RULES.get(name)
+
+
+def rules_with_option(key: str) -> List[str]:
+    """Names of the rules that have an option called ``key`` (for "did you mean" hints)."""
+    return [n for n in list_rules() if key in {f.name for f in dataclasses.fields(rule_class(n).Options)}]
+
+
 def build_rule(method_cfg) -> "LearningRule":
-    """Instantiate the rule named ``method_cfg.name`` with the config."""
-    return _RULES.get(method_cfg.name)(method_cfg)
+    """Instantiate the rule named ``method_cfg.name`` with its validated options."""
+    return rule_class(method_cfg.name)(method_cfg.options)
+
+
+def describe_rules() -> List[str]:
+    """One block per rule: its name, the first line of its docstring and its options with types and defaults."""
+    from tractable.train.config import _type_name
+
+    lines = []
+    for name in list_rules():
+        cls = rule_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        lines.append(f"{name}: {doc[0] if doc else ''}")
+        hints = typing.get_type_hints(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+            lines.append(f"    method.{f.name}: {_type_name(hints[f.name])} = {default!r}")
+    return lines
 
 
 class LearningRule:
@@ -50,8 +104,13 @@ class LearningRule:
 
     name = "base"
 
-    def __init__(self, cfg=None):
-        self.cfg = cfg
+    @dataclass
+    class Options:
+        """No options."""
+
+    def __init__(self, options=None):
+        self.opts = self.Options() if options is None else options
+        self.cfg = self.opts  # the name earlier rules used
 
     def attach(self, model: nn.Module) -> nn.Module:
         return model
@@ -92,8 +151,19 @@ class TrActRule(LearningRule):
     (e.g. ``form``).
     """
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @dataclass
+    class Options:
+        l: float = 0.1  # noqa: E741 - the paper's λ
+        exact: bool = False
+        layer: Optional[str] = None
+        kwargs: Dict[str, Any] = field(default_factory=dict)
+
+        def validate(self) -> None:
+            if self.l <= 0:
+                raise ValueError(f"method.l: TrAct's λ must be > 0 (paper default 0.1), got {self.l}")
+
+    def __init__(self, options=None):
+        super().__init__(options)
         self.path: Optional[str] = None
 
     def attach(self, model: nn.Module) -> nn.Module:

@@ -76,7 +76,12 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     if not path.is_file():
         return
     with open(path) as f:
-        old = _flat(yaml.safe_load(f) or {})
+        saved = yaml.safe_load(f) or {}
+    try:  # normalised, so that a config written by an earlier version compares by meaning
+        saved = config_to_dict(config_from_dict(saved))
+    except (ConfigError, ValueError):
+        pass
+    old = _flat(saved)
     new = _flat(config_to_dict(cfg))
     changed = sorted(k for k in set(old) | set(new)
                      if k not in _RESUME_SAFE and json.dumps(old.get(k), sort_keys=True)
