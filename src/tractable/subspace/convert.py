@@ -1,0 +1,531 @@
+"""``convert(model, model_fn, kind, k, layerwise, ...)`` and the :class:`Subspace` controller it returns.
+
+Conversion registers one :class:`~tractable.subspace.parametrization.Endpoints` parametrization on every
+selected parameter of ``model`` (in place). The stored points of a tensor are, in this order:
+
+* line: [ω₀ (the model's current value), ω₁ (from a fresh ``model_fn()``)];
+* curve: [start ω₀, control θ, end ω₁] (θ from the first ``model_fn()`` call, or the chord midpoint);
+* simplex with k vertices: [ω₀, ω₁ … ω_{k−1}] (k − 1 ``model_fn()`` calls).
+
+Norm-layer affine parameters start identical on every endpoint by default (``norm_endpoints="shared"``, as in
+the paper); ``"independent"`` takes them from ``model_fn()`` too. Parameters with ``requires_grad=False`` are left
+alone (a frozen backbone stays one network); ``param_filter(module_name, param_name, param) -> bool`` narrows
+the selection further.
+
+The :class:`Subspace` only writes coefficient vectors into the parametrizations' ``coeffs`` buffers: one vector
+for all modules (global), or one per module (``layerwise``; a module's weight and bias share it). It never owns
+tensors the model does not, so the model's own ``state_dict`` is the checkpoint: restore by converting a fresh
+model the same way and calling ``load_state_dict(strict=True)``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from tractable.subspace import batchnorm as _bn
+from tractable.subspace.geometry import Point, canonical_point, check_kind, point_coeffs, sample_coeffs
+from tractable.subspace.parametrization import Endpoints
+
+__all__ = ["convert", "Subspace", "NORM_TYPES", "is_subspace_model"]
+
+NORM_TYPES: Tuple[type, ...] = tuple(t for t in (
+    nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+    getattr(nn, "RMSNorm", None), nn.LocalResponseNorm) if t is not None)
+_PARAM_RE = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original(\d+)$")
+_UNSUPPORTED = (nn.RNNBase,)
+
+
+@dataclass
+class _Entry:
+    module_name: str
+    param_name: str
+    module: nn.Module
+    endpoints: Endpoints
+    group: int
+    norm: bool
+    regularized: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
+
+    def originals(self) -> List[torch.Tensor]:
+        plist = self.module.parametrizations[self.param_name]
+        return [getattr(plist, f"original{i}") for i in range(self.endpoints.K)]
+
+    def key(self, i: int) -> str:
+        prefix = f"{self.module_name}." if self.module_name else ""
+        return f"{prefix}parametrizations.{self.param_name}.original{i}"
+
+
+def is_subspace_model(model: nn.Module) -> bool:
+    """Whether ``model`` already holds subspace parametrizations."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m):
+            for plist in m.parametrizations.values():
+                if any(isinstance(p, Endpoints) for p in plist):
+                    return True
+    return False
+
+
+def _check_model_fn(model: nn.Module, built: nn.Module, i: int) -> None:
+    if not isinstance(built, nn.Module):
+        raise TypeError(f"model_fn: call {i} returned {type(built).__name__}, expected an nn.Module built like "
+                        "the model being converted")
+    ref = {n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters()}
+    got = {n: (tuple(p.shape), p.dtype) for n, p in built.named_parameters()}
+    missing = sorted(set(ref) - set(got))
+    extra = sorted(set(got) - set(ref))
+    shape = sorted(n for n in set(ref) & set(got) if ref[n][0] != got[n][0])
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing parameters {missing[:5]}")
+        if extra:
+            parts.append(f"unexpected parameters {extra[:5]}")
+        if shape:
+            parts.append("different shapes " + ", ".join(f"{n}: {ref[n][0]} vs {got[n][0]}" for n in shape[:5]))
+        raise ValueError(f"model_fn builds a different architecture than the model being converted (call {i}): "
+                         + "; ".join(parts) + ". model_fn must build the same model with fresh weights")
+    ref_types = {n: type(m).__name__ for n, m in model.named_modules()}
+    for n, m in built.named_modules():
+        t = ref_types.get(n)
+        if t is not None and t != type(m).__name__ and not t.startswith("Parametrized"):
+            raise ValueError(f"model_fn builds a different architecture (call {i}): module {n or '<root>'} is "
+                             f"{type(m).__name__}, the model has {t}")
+
+
+def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "line", k: Optional[int] = None,
+            layerwise: bool = False, *, num_samples: int = 1,
+            param_filter: Optional[Callable[[str, str, nn.Parameter], bool]] = None,
+            norm_endpoints: str = "shared", control_init: str = "independent") -> "Subspace":
+    """Turn ``model`` into a subspace model in place; returns its :class:`Subspace` controller.
+
+    Args:
+        model: any ``nn.Module`` (Linear, Conv, norm, attention, Embedding … parameters).
+        model_fn: builds the same architecture with fresh weights; called K − 1 times for the extra endpoints,
+            so any custom initialisation is reproduced. It must build *exactly* the model's architecture.
+        kind: ``"line"`` (K = 2), ``"curve"`` (quadratic Bezier, K = 3 with a trainable middle point) or
+            ``"simplex"`` (K = ``k`` >= 2 vertices).
+        k: number of simplex vertices (``None`` for line and curve).
+        layerwise: one draw per module in :meth:`Subspace.sample` instead of one for the whole network.
+        num_samples: S > 1 splits every training batch into S chunks, each with its own point (train mode with
+            autograd on; the loss over the concatenated outputs is the sample-weighted mean of chunk losses).
+        param_filter: ``f(module_name, param_name, param) -> bool``; default every trainable parameter.
+        norm_endpoints: ``"shared"`` (norm-layer affine parameters start identical on all endpoints) or
+            ``"independent"``.
+        control_init: curve only: ``"independent"`` (from ``model_fn()``) or ``"chord"`` (midpoint of the
+            two ends).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
+    K = check_kind(kind, k)
+    if isinstance(model_fn, nn.Module):
+        raise TypeError("model_fn: expected a function that builds a fresh model (the model's class, a factory "
+                        f"or a lambda), got a {type(model_fn).__name__} instance")
+    if not callable(model_fn):
+        raise TypeError(f"model_fn: expected a callable returning a fresh model, got {type(model_fn).__name__}")
+    if not isinstance(layerwise, bool):
+        raise ValueError(f"layerwise: expected a bool, got {layerwise!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
+    if norm_endpoints not in ("shared", "independent"):
+        raise ValueError(f"norm_endpoints: {norm_endpoints!r} is not accepted; accepted values: 'shared', "
+                         "'independent'")
+    if control_init not in ("independent", "chord"):
+        raise ValueError(f"control_init: {control_init!r} is not accepted; accepted values: 'independent', "
+                         "'chord'")
+    if control_init == "chord" and kind != "curve":
+        raise ValueError(f"control_init='chord' applies to kind='curve' only, got kind={kind!r}")
+    if is_subspace_model(model):
+        raise ValueError("convert: the model is already a subspace model (it holds subspace parametrizations)")
+
+    modules = list(model.named_modules())  # registration adds submodules: never iterate the live generator
+    for name, m in modules:
+        if isinstance(m, _UNSUPPORTED) and any(p.requires_grad for p in m.parameters(recurse=False)):
+            if param_filter is None or any(param_filter(name, pn, p) for pn, p in m.named_parameters(recurse=False)):
+                raise TypeError(f"convert: {name or '<root>'} is a {type(m).__name__}; recurrent layers keep flat "
+                                "weight buffers that parametrizations bypass. Exclude it with param_filter")
+    owners: Dict[int, List[str]] = {}
+    for name, m in modules:
+        for pn, p in m._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append(f"{name}.{pn}" if name else pn)
+    selected: List[Tuple[str, nn.Module, str, nn.Parameter]] = []
+    for name, m in modules:
+        for pn, p in list(m._parameters.items()):
+            if p is None or not p.requires_grad:
+                continue
+            if param_filter is not None and not param_filter(name, pn, p):
+                continue
+            if len(owners[id(p)]) > 1:
+                raise ValueError(f"convert: parameter {owners[id(p)][0]} is shared (tied) with "
+                                 f"{', '.join(owners[id(p)][1:])}; tied weights are not supported, untie them or "
+                                 "exclude them with param_filter")
+            selected.append((name, m, pn, p))
+    if not selected:
+        raise ValueError("convert: no parameter selected (all frozen or excluded by param_filter)")
+
+    extras_models = []
+    for i in range(K - 1):
+        built = model_fn()
+        _check_model_fn(model, built, i + 1)
+        extras_models.append(dict(built.named_parameters()))
+
+    entries: List[_Entry] = []
+    group_of: Dict[int, int] = {}
+    for name, m, pn, p in selected:
+        full = f"{name}.{pn}" if name else pn
+        is_norm = isinstance(m, NORM_TYPES)
+        with torch.no_grad():
+            if is_norm and norm_endpoints == "shared":
+                extras = [p.detach().clone() for _ in range(K - 1)]
+            else:
+                extras = [e[full].detach().to(device=p.device, dtype=p.dtype).clone() for e in extras_models]
+                if kind == "curve" and control_init == "chord":
+                    extras[0] = (p.detach() + extras[1]) / 2
+        ep = Endpoints(K, extras, dtype=p.dtype, device=p.device)
+        parametrize.register_parametrization(m, pn, ep)
+        group = group_of.setdefault(id(m), len(group_of))
+        entries.append(_Entry(name, pn, m, ep, group, is_norm, regularized=(p.dim() >= 2 and not is_norm)))
+    del extras_models
+    return Subspace(model, model_fn, kind, K, entries, layerwise=layerwise, num_samples=num_samples)
+
+
+class Subspace:
+    """Controller of a converted model: points, sampling, regulariser, BN statistics, export.
+
+    Attributes: ``model``, ``kind``, ``K`` (stored points per tensor), ``layerwise``, ``num_samples``,
+    ``num_groups`` (modules with subspace tensors).
+    """
+
+    def __init__(self, model: nn.Module, model_fn: Callable[[], nn.Module], kind: str, K: int,
+                 entries: List[_Entry], *, layerwise: bool = False, num_samples: int = 1):
+        self.model = model
+        self.model_fn = model_fn
+        self.kind = kind
+        self.K = K
+        self.layerwise = layerwise
+        self.num_samples = num_samples
+        self._entries = entries
+        self.num_groups = 1 + max(e.group for e in entries)
+        self._bn_cache: Dict[Tuple[float, ...], Dict[str, Dict[str, torch.Tensor]]] = {}
+        self._table: Optional[torch.Tensor] = None  # (S, G, K) draws of a multi-sample step
+        self._current = point_coeffs(kind, K, 0.0 if kind != "simplex" else [1.0] + [0.0] * (K - 1))
+        self._current = self._current.expand(self.num_groups, K).clone()
+        if num_samples > 1:
+            self._install_multi_sample()
+        self._write(self._current)
+
+    # -- introspection ---------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (f"Subspace(kind={self.kind!r}, K={self.K}, tensors={len(self._entries)}, modules={self.num_groups}, "
+                f"layerwise={self.layerwise}, num_samples={self.num_samples})")
+
+    def parameters(self) -> List[nn.Parameter]:
+        """Every stored tensor (all endpoints / control points) of every subspace parameter."""
+        return [o for e in self._entries for o in e.originals()]
+
+    def tensor_names(self) -> List[str]:
+        """Original (canonical) names of the subspace parameters, e.g. ``conv1.weight``."""
+        return [e.name for e in self._entries]
+
+    def endpoint(self, name: str, i: int) -> nn.Parameter:
+        """Stored point ``i`` of the parameter with canonical name ``name``."""
+        for e in self._entries:
+            if e.name == name:
+                return e.originals()[i]
+        raise KeyError(f"endpoint: {name!r} is not a subspace parameter; some names: {self.tensor_names()[:6]}")
+
+    @staticmethod
+    def canonical_name(name: str) -> str:
+        """``a.parametrizations.w.original3`` → ``a.w`` (any other name unchanged)."""
+        m = _PARAM_RE.match(name)
+        if not m:
+            return name
+        return f"{m.group(1)}.{m.group(2)}" if m.group(1) else m.group(2)
+
+    @property
+    def point(self) -> torch.Tensor:
+        """Current coefficients, (num_groups, K) float64 (every row equal unless layerwise)."""
+        return self._current.clone()
+
+    # -- writing points --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _write(self, coeffs: torch.Tensor) -> None:
+        """coeffs: (G, K) float64 on the CPU → every parametrization's buffer (fused copies)."""
+        self._current = coeffs.clone()
+        by_target: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[int]]] = {}
+        for e in self._entries:
+            buf = e.endpoints.coeffs
+            dst, groups = by_target.setdefault((buf.device, buf.dtype), ([], []))
+            dst.append(buf)
+            groups.append(e.group)
+        for (device, dtype), (dst, groups) in by_target.items():
+            rows = coeffs.to(dtype).to(device, non_blocking=True)
+            src = [rows[g] for g in groups] if coeffs.shape[0] > 1 else [rows[0]] * len(dst)
+            torch._foreach_copy_(dst, src)
+
+    def set_point(self, point: Point) -> torch.Tensor:
+        """Put every module at ``point``: α in [0, 1] (line, curve) or simplex weights (length k, ≥ 0, sum 1)."""
+        c = point_coeffs(self.kind, self.K, point)
+        self._write(c.expand(self.num_groups, self.K).clone())
+        return c
+
+    def set_coeffs(self, coeffs: torch.Tensor) -> None:
+        """Write raw coefficient vectors: (K,) for every module or (num_groups, K) one per module."""
+        c = torch.as_tensor(coeffs, dtype=torch.float64).cpu()
+        if c.dim() == 1:
+            c = c.expand(self.num_groups, -1)
+        if c.shape != (self.num_groups, self.K):
+            raise ValueError(f"set_coeffs: expected shape ({self.K},) or ({self.num_groups}, {self.K}), got "
+                             f"{tuple(c.shape)}")
+        self._write(c.clone())
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        """Draw the point(s) for the next training forward from ``generator``; returns the coefficients.
+
+        Global: one draw (K,) used by every module. Layerwise: one draw per module, (num_groups, K).
+        With ``num_samples`` S > 1: S such draws, (S, ...); the training forward uses draw s on chunk s.
+        Seed the generator from (seed, step) so that every DDP rank draws the same point.
+        """
+        S, G = self.num_samples, (self.num_groups if self.layerwise else 1)
+        draws = sample_coeffs(self.kind, self.K, generator, S * G).reshape(S, G, self.K)
+        table = draws.expand(S, self.num_groups, self.K).clone() if G == 1 else draws
+        self._table = table if S > 1 else None
+        self._write(table[0])
+        out = draws[:, 0] if G == 1 else draws
+        return out[0] if S == 1 else out
+
+    def _install_multi_sample(self) -> None:
+        model, sub = self.model, self
+        inner = model.forward
+
+        def forward(*args, **kwargs):
+            table = sub._table
+            if table is None or not (model.training and torch.is_grad_enabled()) or not args:
+                return inner(*args, **kwargs)
+            x = args[0]
+            S = table.shape[0]
+            if x.shape[0] < S:
+                raise ValueError(f"num_samples={S}: the batch has only {x.shape[0]} samples")
+            chunks = [x.tensor_split(S)]
+            for a in args[1:]:
+                chunks.append(a.tensor_split(S) if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1]
+                              else [a] * S)
+            bufs = [e.endpoints for e in sub._entries]
+            originals = [ep._buffers["coeffs"] for ep in bufs]
+            outs = []
+            try:
+                for s in range(S):
+                    # fresh buffers per chunk: an in-place update would invalidate the saved coefficients
+                    rows = table[s]
+                    for ep, e, orig in zip(bufs, sub._entries, originals):
+                        ep._buffers["coeffs"] = rows[e.group].to(orig.dtype).to(orig.device)
+                    outs.append(inner(*(c[s] for c in chunks), **kwargs))
+            finally:
+                for ep, orig in zip(bufs, originals):
+                    ep._buffers["coeffs"] = orig
+            self_rows = table[-1]
+            sub._write(self_rows)
+            return torch.cat(outs)
+
+        model.forward = forward
+
+    # -- regulariser and monitoring --------------------------------------------------------------------------
+    def _regularized(self) -> List[_Entry]:
+        return [e for e in self._entries if e.regularized]
+
+    def regularizer(self, beta: float = 1.0, *, pairs: str = "random",
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """β · cos²(ω_i, ω_j) over the concatenation of all regularised tensors (paper Eq. 3).
+
+        Regularised: tensors with ``ndim >= 2`` not owned by a norm layer (conv/linear/attention/embedding
+        weights; norm parameters and biases are excluded). ``pairs="random"``: one unordered pair i ≠ j of the
+        K stored points drawn from ``generator`` (a line has one pair, so it is deterministic); ``"all"``: the
+        mean over all K(K−1)/2 pairs. Computed in float32 from three accumulated scalars per pair.
+        """
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta: the regulariser weight must be a finite number >= 0, got {beta!r}")
+        if pairs not in ("random", "all"):
+            raise ValueError(f"pairs: {pairs!r} is not accepted; accepted values: 'random', 'all'")
+        regs = self._regularized()
+        device = regs[0].originals()[0].device if regs else torch.device("cpu")
+        if beta == 0 or not regs:
+            return torch.zeros((), device=device)
+        if pairs == "all":
+            pair_list = [(i, j) for i in range(self.K) for j in range(i + 1, self.K)]
+        elif self.K == 2:
+            pair_list = [(0, 1)]
+        else:
+            if generator is None:
+                raise ValueError(f"regularizer: a {self.kind} with K={self.K} draws a random pair; pass "
+                                 "generator= (seeded from (seed, step) so every rank draws the same pair)")
+            i, j = torch.randperm(self.K, generator=generator, device=generator.device)[:2].tolist()
+            pair_list = [(min(i, j), max(i, j))]
+        need = sorted({i for p in pair_list for i in p})
+        with torch.autocast(device.type, enabled=False):
+            dots: Dict[Tuple[int, int], torch.Tensor] = {}
+            sq: Dict[int, torch.Tensor] = {}
+            for e in regs:
+                o = [t.float() for t in e.originals()]
+                for i in need:
+                    v = (o[i] * o[i]).sum()
+                    sq[i] = sq[i] + v if i in sq else v
+                for i, j in pair_list:
+                    v = (o[i] * o[j]).sum()
+                    dots[(i, j)] = dots[(i, j)] + v if (i, j) in dots else v
+            total = sum(dots[p] ** 2 / (sq[p[0]] * sq[p[1]]) for p in pair_list) / len(pair_list)
+        return beta * total
+
+    @torch.no_grad()
+    def stats(self) -> Dict[str, float]:
+        """``cos2_mean`` (mean cos² over all pairs of stored points, regularised tensors) and ``l2``
+        (mean L2 distance between pairs, all subspace tensors)."""
+        K = self.K
+        gram = torch.zeros(K, K, dtype=torch.float64)
+        dist = torch.zeros(K, K, dtype=torch.float64)
+        for e in self._entries:
+            flat = torch.stack([t.detach().double().flatten() for t in e.originals()])
+            g = (flat @ flat.T).cpu()
+            d = torch.diagonal(g)
+            dist += d[:, None] + d[None, :] - 2 * g
+            if e.regularized:
+                gram += g
+        iu = torch.triu_indices(K, K, 1)
+        d = torch.diagonal(gram)
+        cos2 = (gram ** 2 / (d[:, None] * d[None, :]).clamp_min(1e-300))[iu[0], iu[1]]
+        l2 = dist.clamp_min(0).sqrt()[iu[0], iu[1]]
+        return {"cos2_mean": float(cos2.mean()), "l2": float(l2.mean())}
+
+    # -- BatchNorm -------------------------------------------------------------------------------------------
+    def _key(self) -> Tuple[float, ...]:
+        return tuple(round(float(v), 12) for v in self._current.flatten())
+
+    def recompute_bn(self, loader: Iterable, num_batches: Optional[int] = None, *, cache: bool = True,
+                     device=None) -> int:
+        """Recompute BatchNorm statistics for the *current* point over ``loader`` (first ``num_batches``
+        batches); cached per point when ``cache``. Returns the number of batches used (0 without BatchNorm)."""
+        used = _bn.recompute_bn_stats(self.model, loader, num_batches, device=device)
+        if cache and used:
+            self._bn_cache[self._key()] = _bn.bn_buffers(self.model)
+        return used
+
+    def load_bn(self, point: Point) -> None:
+        """Set ``point`` and swap in its cached BatchNorm statistics (from :meth:`recompute_bn`)."""
+        self.set_point(point)
+        buffers = self._bn_cache.get(self._key())
+        if buffers is None:
+            raise KeyError(f"load_bn: no BatchNorm statistics cached for {point!r}; call recompute_bn first")
+        _bn.load_bn_buffers(self.model, buffers)
+
+    def has_bn(self, point: Point) -> bool:
+        """Whether BatchNorm statistics for ``point`` are cached."""
+        c = point_coeffs(self.kind, self.K, point)
+        key = tuple(round(float(v), 12) for v in c.expand(self.num_groups, self.K).flatten())
+        return key in self._bn_cache
+
+    def clear_bn_cache(self) -> None:
+        self._bn_cache.clear()
+
+    # -- export ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self, point: Optional[Point] = None) -> nn.Module:
+        """A plain model (built with ``model_fn()``, original ``state_dict`` keys) equal to the subspace model
+        at ``point`` (default: the current point). BatchNorm statistics: those cached for the point by
+        :meth:`recompute_bn` if any, else the model's current buffers. The subspace model is left unchanged.
+        """
+        saved = self._current.clone()
+        try:
+            if point is not None:
+                self.set_point(point)
+            cached = self._bn_cache.get(self._key())
+            sd = dict(self.model.state_dict())
+            for e in self._entries:
+                for i in range(self.K):
+                    sd.pop(e.key(i))
+                sd[e.name] = getattr(e.module, e.param_name).detach().clone()
+            if cached is not None:
+                for n, b in cached.items():
+                    for bk, v in b.items():
+                        sd[f"{n}.{bk}" if n else bk] = v.clone()
+        finally:
+            self._write(saved)
+        with torch.random.fork_rng(devices=[]):  # building the plain model must not move the global RNG
+            plain = self.model_fn()
+        _check_model_fn_plain(plain, sd)
+        plain.load_state_dict(sd, strict=True)
+        first = next(iter(sd.values()), None)
+        if isinstance(first, torch.Tensor):
+            plain.to(first.device)
+        plain.train(self.model.training)
+        return plain
+
+    # -- optimiser helpers -----------------------------------------------------------------------------------
+    def param_groups(self, weight_decay: float, no_decay: Optional[Callable[[str, nn.Parameter], bool]] = None,
+                     model: Optional[nn.Module] = None) -> List[Dict[str, Any]]:
+        """Two optimiser groups of every trainable parameter of the model: ``weight_decay`` and 0 (for which
+        ``no_decay(canonical_name, param)`` is true). Name rules match the *original* names (``bn1.bias``),
+        which the parametrized names (``bn1.parametrizations.bias.original0``) would no longer match."""
+        model = self.model if model is None else model
+        decay, plain = [], []
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (plain if no_decay is not None and no_decay(self.canonical_name(n), p) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if plain:
+            groups.append({"params": plain, "weight_decay": 0.0})
+        return groups
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise if ``optimizer`` holds parameters the model no longer has (built before :func:`convert`) or
+        misses subspace tensors."""
+        have = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        live = {id(p) for p in self.model.parameters()}
+        if have - live:
+            raise ValueError("check_optimizer: the optimizer holds parameters that are not in the model: it was "
+                             "built before convert() (conversion creates new Parameters); build it afterwards")
+        missing = [self.canonical_name(n) for n, p in self.model.named_parameters()
+                   if id(p) not in have and p.requires_grad and _PARAM_RE.match(n)]
+        if missing:
+            raise ValueError(f"check_optimizer: the optimizer misses subspace tensors of {sorted(set(missing))[:5]}")
+
+    @torch.no_grad()
+    def load_plain_state_dict(self, state_dict: Dict[str, torch.Tensor], endpoints: str = "first") -> None:
+        """Import a plain (unconverted) checkpoint: ``"first"`` fills endpoint 0 only (the others keep their
+        fresh initialisation); ``"all"`` copies it into every stored point (then cos² = 1: perturb before
+        training with β > 0)."""
+        if endpoints not in ("first", "all"):
+            raise ValueError(f"endpoints: {endpoints!r} is not accepted; accepted values: 'first', 'all'")
+        sd = dict(state_dict)
+        for e in self._entries:
+            if e.name not in sd:
+                raise KeyError(f"load_plain_state_dict: the checkpoint has no {e.name!r}")
+            value = sd.pop(e.name)
+            for i, o in enumerate(e.originals()):
+                if i == 0 or endpoints == "all":
+                    o.copy_(value)
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        missing = [m for m in missing if not _PARAM_RE.match(m)]
+        if missing or unexpected:
+            raise KeyError(f"load_plain_state_dict: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+
+    def canonical_point(self) -> Point:
+        """α = 0.5 (line, curve) or the simplex centroid."""
+        return canonical_point(self.kind, self.K)
+
+
+def _check_model_fn_plain(plain: nn.Module, sd: Dict[str, torch.Tensor]) -> None:
+    if not isinstance(plain, nn.Module):
+        raise TypeError(f"export: model_fn returned {type(plain).__name__}, not an nn.Module")
+    keys = set(plain.state_dict())
+    if keys != set(sd):
+        raise ValueError(f"export: model_fn builds a model whose state_dict keys differ from the subspace model's "
+                         f"original keys (missing {sorted(set(sd) - keys)[:5]}, extra {sorted(keys - set(sd))[:5]})")
