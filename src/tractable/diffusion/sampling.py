@@ -1,0 +1,131 @@
+"""Samplers: DDIM (Song, Meng & Ermon 2021) and ancestral DDPM (Ho et al. 2020) on a sub-sequence of timesteps.
+
+Both use the timesteps τ = (0, k, 2k, …, (S−1)k) with k = ⌊T/S⌋ for S = ``steps`` (the DDIM paper's "uniform"
+sub-sequence), run from the top, τ_{S−1}, down to τ_0; the last update goes to ᾱ = 1, i.e. returns x̂₀.
+
+**DDIM** (paper Eq. 12), from x_t at τ_i to τ_{i−1} (ᾱ_prev = 1 after τ_0), with x̂₀, ε̂ from the network::
+
+    σ = η · √((1 − ᾱ_prev)/(1 − ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev)
+    x_prev = √ᾱ_prev · x̂₀ + √(1 − ᾱ_prev − σ²) · ε̂ + σ · z,     z ~ N(0, I)
+
+η = 0 is deterministic; η = 1 is the DDPM posterior on the sub-sequence.
+
+**DDPM** (respaced as in Nichol & Dhariwal 2021): on the sub-sequence, β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}}; each step
+draws from the posterior q(x_prev | x_t, x̂₀) = N(μ, β̃) with
+μ = √ᾱ_prev β'/(1 − ᾱ_t) · x̂₀ + √(1 − β') (1 − ᾱ_prev)/(1 − ᾱ_t) · x_t and β̃ = β' (1 − ᾱ_prev)/(1 − ᾱ_t)
+(no noise on the last step).
+
+``clip`` clamps x̂₀ (a float c → [−c, c]; a pair → [lo, hi]; per-channel tensors broadcast) before it is used.
+Classifier-free guidance: pass ``cond`` and ``guidance`` ≠ 1 (see :meth:`GaussianDiffusion.predict`).
+Randomness: ``generator`` (x_T, when not given, and every noise draw), drawn on the generator's device.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from tractable.diffusion.gaussian import GaussianDiffusion
+
+__all__ = ["sample_timesteps", "ddim_sample", "ddpm_sample"]
+
+Clip = Union[None, float, Sequence]
+
+
+def sample_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """τ = (0, k, …, (steps−1)k), k = ⌊T/steps⌋, as a LongTensor (ValueError unless 1 ≤ steps ≤ T)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps: must be an int in [1, num_timesteps={num_timesteps}], got {steps!r}")
+    k = num_timesteps // steps
+    return torch.arange(steps, dtype=torch.long) * k
+
+
+def _clip(x0: torch.Tensor, clip: Clip) -> torch.Tensor:
+    if clip is None:
+        return x0
+    if isinstance(clip, (int, float)):
+        return x0.clamp(-float(clip), float(clip))
+    lo, hi = clip
+    lo = torch.as_tensor(lo, dtype=x0.dtype, device=x0.device)
+    hi = torch.as_tensor(hi, dtype=x0.dtype, device=x0.device)
+    if lo.dim() == 1:  # per channel
+        lo, hi = lo.reshape(1, -1, *([1] * (x0.dim() - 2))), hi.reshape(1, -1, *([1] * (x0.dim() - 2)))
+    return torch.maximum(torch.minimum(x0, hi), lo)
+
+
+def _start(diffusion, shape, x_T, generator, device, dtype):
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise TypeError(f"diffusion: expected a GaussianDiffusion, got {type(diffusion).__name__}")
+    if x_T is not None:
+        if tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T: shape {tuple(x_T.shape)} differs from shape={tuple(shape)}")
+        return x_T.to(device, dtype)
+    gdev = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gdev, dtype=dtype).to(device)
+
+
+def _noise(x, generator):
+    gdev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
+
+
+def _model_device(model, default="cpu"):
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device(default)
+
+
+@torch.no_grad()
+def ddim_sample(model, shape, steps: int = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
+                cond: Optional[torch.Tensor] = None, x_T: Optional[torch.Tensor] = None, *,
+                diffusion: Optional[GaussianDiffusion] = None, guidance: float = 1.0, clip: Clip = None,
+                device=None, dtype=torch.float32) -> torch.Tensor:
+    """DDIM samples of shape ``shape`` (see the module docstring). ``diffusion`` defaults to
+    ``GaussianDiffusion()`` (1000 cosine steps, x₀ prediction)."""
+    diffusion = GaussianDiffusion() if diffusion is None else diffusion
+    if not eta >= 0:
+        raise ValueError(f"eta: must be >= 0, got {eta}")
+    taus = sample_timesteps(diffusion.num_timesteps, steps)
+    device = torch.device(device) if device is not None else _model_device(model)
+    x = _start(diffusion, shape, x_T, generator, device, dtype)
+    abar = diffusion.alphas_cumprod
+    n = x.shape[0]
+    for i in range(len(taus) - 1, -1, -1):
+        t = int(taus[i])
+        a_t = float(abar[t])
+        a_prev = float(abar[int(taus[i - 1])]) if i > 0 else 1.0
+        x0, eps = diffusion.predict(model, x, torch.full((n,), t, dtype=torch.long, device=device), cond, guidance)
+        x0 = _clip(x0, clip)
+        if clip is not None:  # keep ε̂ consistent with the clipped x̂₀
+            eps = (x - a_t ** 0.5 * x0) / (1.0 - a_t) ** 0.5
+        sigma = eta * ((1.0 - a_prev) / (1.0 - a_t)) ** 0.5 * (1.0 - a_t / a_prev) ** 0.5
+        x = a_prev ** 0.5 * x0 + max(1.0 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * _noise(x, generator)
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(model, shape, steps: int = 1000, generator: Optional[torch.Generator] = None,
+                cond: Optional[torch.Tensor] = None, x_T: Optional[torch.Tensor] = None, *,
+                diffusion: Optional[GaussianDiffusion] = None, guidance: float = 1.0, clip: Clip = None,
+                device=None, dtype=torch.float32) -> torch.Tensor:
+    """Ancestral DDPM samples on ``steps`` respaced timesteps (see the module docstring)."""
+    diffusion = GaussianDiffusion() if diffusion is None else diffusion
+    taus = sample_timesteps(diffusion.num_timesteps, steps)
+    device = torch.device(device) if device is not None else _model_device(model)
+    x = _start(diffusion, shape, x_T, generator, device, dtype)
+    abar = diffusion.alphas_cumprod
+    n = x.shape[0]
+    for i in range(len(taus) - 1, -1, -1):
+        t = int(taus[i])
+        a_t = float(abar[t])
+        a_prev = float(abar[int(taus[i - 1])]) if i > 0 else 1.0
+        beta = 1.0 - a_t / a_prev
+        x0, _ = diffusion.predict(model, x, torch.full((n,), t, dtype=torch.long, device=device), cond, guidance)
+        x0 = _clip(x0, clip)
+        mean = (a_prev ** 0.5 * beta / (1.0 - a_t)) * x0 + ((1.0 - beta) ** 0.5 * (1.0 - a_prev) / (1.0 - a_t)) * x
+        var = beta * (1.0 - a_prev) / (1.0 - a_t)
+        x = mean + var ** 0.5 * _noise(x, generator) if i > 0 else mean
+    return x
