@@ -234,3 +234,19 @@ def test_bad_inputs(trained, big_eval):
         p.run(baselines={"frozen_matched": [0.3, 0.3]}, seed_accs=[0.5, 0.5, 0.5])
     with pytest.raises(RuntimeError, match="call run"):
         proto(trained, big_eval).summary()
+
+
+def test_judge_a_stored_report(trained, big_eval):
+    """measure() once, store as JSON, add baselines later: the same report as run() with the baselines."""
+    from tractable.feedback.protocol import judge
+
+    p = proto(trained, big_eval)
+    stored = json.loads(json.dumps(p.measure()))
+    assert stored["verdict"] == "INCOMPLETE"
+    kw = dict(baselines={"frozen_matched": [0.5] * 3, "shallow": 0.4}, seed_accs=[0.9, 0.91, 0.92])
+    later = judge(stored, **kw)
+    direct = json.loads(json.dumps(p.run(**kw)))
+    assert later == direct
+    assert judge(stored, verdict_rule="any")["verdict_rule"] == "any"
+    bp = judge(stored, bp_report=direct)
+    assert bp["diagnostics"]["D1_scale_growth"]["corrected"]["growth_over_bp"] == pytest.approx(1.0)

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from tractable.feedback import metrics as M
 
-__all__ = ["FAProtocol", "BASELINES", "VERDICT_RULES", "combine_verdict"]
+__all__ = ["FAProtocol", "BASELINES", "VERDICT_RULES", "combine_verdict", "judge", "format_report"]
 
 BASELINES = ("frozen_seed", "frozen_matched", "shallow", "head_only")
 VERDICT_RULES = ("readme", "any")
@@ -182,57 +182,44 @@ class FAProtocol:
             bp_report: the report of a BP-trained model of the same architecture (D1 calibration).
             frozen_baseline_acc: the original API's name for ``baselines["frozen_seed"]``.
         """
-        base = dict(baselines or {})
-        unknown = sorted(set(base) - set(BASELINES))
-        if unknown:
-            raise ValueError(f"FAProtocol.run: unknown baseline(s) {', '.join(map(repr, unknown))}; accepted: "
-                             f"{', '.join(BASELINES)}")
         if frozen_baseline_acc is not None:
+            base = dict(baselines or {})
             if "frozen_seed" in base:
                 raise ValueError("FAProtocol.run: pass the seed frozen baseline once (frozen_baseline_acc or "
                                  "baselines['frozen_seed'])")
             base["frozen_seed"] = frozen_baseline_acc
-        base = {k: _accs(f"baselines[{k!r}]", v) for k, v in base.items()}
-        seed_list = _accs("seed_accs", seed_accs)
+            baselines = base
+        _check_baselines(baselines)  # before the (slow) measurements
+        _accs("seed_accs", seed_accs)
+        self.report = judge(self.measure(), baselines, test_acc=test_acc, seed_accs=seed_accs, bp_report=bp_report)
+        return self.report
 
+    def measure(self) -> Dict[str, Any]:
+        """Everything that needs the model: accuracy on ``eval_data``, D1, D2 and the credit metrics. The
+        result is a report without baselines (D3 missing, verdict INCOMPLETE); :func:`judge` adds them later,
+        also to a report read back from JSON."""
         with M.model_mode(self.model, training=False):
             measured_acc, correct = self._accuracy()
-            acc = measured_acc if test_acc is None else _accs("test_acc", test_acc)[0]
             d1_seed, d2_seed, d1_cor, d2_cor, credit = self._scale_and_reference()
         n_test = int(self.y.shape[0])
-        d3_seed, d3_cor = self._depth(acc, n_test, base, seed_list)
-        if bp_report is not None:
-            try:
-                bp_growth = float(bp_report["diagnostics"]["D1_scale_growth"]["corrected"]["max_growth"])
-            except (KeyError, TypeError):
-                raise ValueError("FAProtocol.run: bp_report must be a report returned by FAProtocol.run") from None
-            d1_cor["bp_max_growth"] = bp_growth
-            d1_cor["growth_over_bp"] = d1_cor["max_growth"] / bp_growth if bp_growth > 0 else float("nan")
-
-        seed_d3 = None if d3_seed["fires"] is None else ("fires" if d3_seed["fires"] else "passes")
-        verdicts = {
-            "seed": {r: combine_verdict(d1_seed["fires"], d2_seed["fires"], seed_d3, r) for r in VERDICT_RULES},
-            "corrected": {r: combine_verdict(d1_cor["fires"], d2_cor["fires"], d3_cor["status"], r)
-                          for r in VERDICT_RULES},
-        }
-        d1_seed["corrected"], d2_seed["corrected"], d3_seed["corrected"] = d1_cor, d2_cor, d3_cor
-        self.report = {
-            "verdict": verdicts["corrected"][self.verdict_rule],
+        d1_seed["corrected"], d2_seed["corrected"] = d1_cor, d2_cor
+        report = {
+            "verdict": None,
             "verdict_rule": self.verdict_rule,
-            "verdicts": verdicts,
-            "test_acc": acc,
+            "verdicts": None,
+            "test_acc": measured_acc,
             "measured_test_acc": measured_acc,
             "n_test": n_test,
-            "diagnostics": {"D1_scale_growth": d1_seed, "D2_ref_validity": d2_seed, "D3_depth_utility": d3_seed},
+            "diagnostics": {"D1_scale_growth": d1_seed, "D2_ref_validity": d2_seed, "D3_depth_utility": None},
             "credit": credit,
             "settings": {"d1_threshold": self.d1_threshold, "d2_floor": self.d2_floor, "d3_margin": self.d3_margin,
                          "seed_samples": min(self.seed_samples, n_test),
                          "diag_samples": min(self.diag_samples, n_test), "min_seeds": self.min_seeds,
                          "cos_floor": self.cos_floor, "dtype": str(M._param_dtype(self.model)),
                          "model": type(self.model).__name__, "depth": len(self.model.blocks),
-                         "correct": correct},
+                         "correct": correct, "seed": self.seed},
         }
-        return self.report
+        return judge(report)
 
     # ------------------------------------------------------------------------------------------------ parts
     def _accuracy(self) -> Tuple[float, int]:
@@ -318,58 +305,6 @@ class FAProtocol:
             credit["rho"], credit["nudging"] = rho, nudge
         return d1_seed, d2_seed, d1_cor, d2_cor, credit
 
-    def _depth(self, acc: float, n_test: int, base: Dict[str, Optional[List[float]]],
-               seed_list: Optional[List[float]]):
-        frozen_seed = base.get("frozen_seed")
-        fs = None if frozen_seed is None else sum(frozen_seed) / len(frozen_seed)
-        d3_seed = {"test_acc": acc, "frozen_baseline_acc": fs, "margin": None if fs is None else acc - fs,
-                   "margin_threshold": self.d3_margin, "fires": None if fs is None else bool(acc - fs < self.d3_margin),
-                   "baseline": "frozen blocks, embed and head trained by BP"}
-
-        accs = seed_list if seed_list is not None else [acc]
-        others = {}
-        for name in ("frozen_seed", "shallow", "head_only"):
-            if base.get(name) is not None:
-                b = base[name]
-                others[name] = {"acc_mean": sum(b) / len(b), "margin": sum(accs) / len(accs) - sum(b) / len(b),
-                                "n_seeds": len(b)}
-        matched = base.get("frozen_matched")
-        cor: Dict[str, Any] = {"method_accs": accs, "n_seeds": len(accs), "margin_threshold": self.d3_margin,
-                               "other_baselines": others, "n_test": n_test,
-                               "baseline": "frozen blocks, embed and head trained by the same method"}
-        if matched is None:
-            cor.update({"status": None, "fires": None, "frozen_matched_accs": None, "margin": None, "ci": None,
-                        "note": "no method-matched frozen baseline: D3 not evaluated (verdict INCOMPLETE)"})
-            return d3_seed, cor
-        if len(matched) == 1:
-            diffs = [a - matched[0] for a in accs]
-        elif len(matched) == len(accs):
-            diffs = [a - b for a, b in zip(accs, matched)]
-        else:
-            raise ValueError(f"FAProtocol.run: baselines['frozen_matched'] has {len(matched)} seeds and the method "
-                             f"{len(accs)}; give one value or one per seed (paired)")
-        mean = sum(diffs) / len(diffs)
-        boot = M.bootstrap_mean_ci(diffs, seed=self.seed)
-        # Wilson intervals of the pooled accuracies (n_test per run) bound the test-set sampling error
-        acc_mean, base_mean = sum(accs) / len(accs), sum(matched) / len(matched)
-        wa = M.wilson_interval(int(round(acc_mean * n_test * len(accs))), n_test * len(accs))
-        wb = M.wilson_interval(int(round(base_mean * n_test * len(matched))), n_test * len(matched))
-        wil = (wa[0] - wb[1], wa[1] - wb[0])
-        ci = (min(boot[0], wil[0]), max(boot[1], wil[1]))
-        if ci[1] < self.d3_margin:
-            status = "fires"
-        elif ci[0] >= self.d3_margin and len(accs) >= self.min_seeds:
-            status = "passes"
-        else:
-            status = "inconclusive"
-        note = {"fires": "the interval lies below the margin",
-                "passes": "the interval lies above the margin",
-                "inconclusive": ("the interval straddles the margin" if ci[0] < self.d3_margin else
-                                 f"fewer than {self.min_seeds} seeds")}[status]
-        cor.update({"status": status, "fires": status == "fires", "frozen_matched_accs": matched, "margin": mean,
-                    "diffs": diffs, "ci": list(ci), "ci_bootstrap": list(boot), "ci_wilson": list(wil), "note": note})
-        return d3_seed, cor
-
     # ------------------------------------------------------------------------------------------------ text
     def summary(self, report: Optional[Mapping[str, Any]] = None) -> str:
         """Human-readable summary: both verdict rules under both definitions, then each diagnostic."""
@@ -377,6 +312,113 @@ class FAProtocol:
         if r is None:
             raise RuntimeError("FAProtocol.summary: call run() first or pass a report")
         return format_report(r)
+
+
+def _check_baselines(baselines) -> Dict[str, Optional[List[float]]]:
+    base = dict(baselines or {})
+    unknown = sorted(set(base) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"FAProtocol: unknown baseline(s) {', '.join(map(repr, unknown))}; accepted: "
+                         f"{', '.join(BASELINES)}")
+    return {k: _accs(f"baselines[{k!r}]", v) for k, v in base.items()}
+
+
+def judge(report: Mapping[str, Any], baselines: Optional[Mapping[str, Any]] = None, *,
+          test_acc: Optional[float] = None, seed_accs: Optional[Sequence[float]] = None,
+          bp_report: Optional[Mapping[str, Any]] = None, verdict_rule: Optional[str] = None,
+          d3_margin: Optional[float] = None, min_seeds: Optional[int] = None) -> Dict[str, Any]:
+    """A copy of ``report`` (from :meth:`FAProtocol.run` / :meth:`FAProtocol.measure`, or read back from JSON)
+    with D3, the BP calibration of D1 and both verdicts (re)computed from ``baselines``, ``seed_accs`` and
+    ``bp_report`` (see :meth:`FAProtocol.run`); the rule and thresholds default to the report's settings."""
+    r = copy.deepcopy(dict(report))
+    st = r["settings"]
+    margin = st["d3_margin"] if d3_margin is None else _number("d3_margin", d3_margin, positive=False)
+    need = st["min_seeds"] if min_seeds is None else _count("min_seeds", min_seeds)
+    rule = verdict_rule or r.get("verdict_rule") or "readme"
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"FAProtocol: verdict_rule must be one of {', '.join(map(repr, VERDICT_RULES))}; "
+                         f"got {rule!r}")
+    base = _check_baselines(baselines)
+    seed_list = _accs("seed_accs", seed_accs)
+    acc = r["measured_test_acc"] if test_acc is None else _accs("test_acc", test_acc)[0]
+    d = r["diagnostics"]
+    d1, d2 = d["D1_scale_growth"], d["D2_ref_validity"]
+    d3_seed, d3_cor = _depth(acc, r["n_test"], base, seed_list, margin, need, st.get("seed", 0))
+    d3_seed["corrected"] = d3_cor
+    d["D3_depth_utility"] = d3_seed
+    c1 = d1["corrected"]
+    c1["bp_max_growth"], c1["growth_over_bp"] = None, None
+    if bp_report is not None:
+        try:
+            bp_growth = float(bp_report["diagnostics"]["D1_scale_growth"]["corrected"]["max_growth"])
+        except (KeyError, TypeError):
+            raise ValueError("FAProtocol: bp_report must be a report returned by FAProtocol.run") from None
+        c1["bp_max_growth"] = bp_growth
+        c1["growth_over_bp"] = c1["max_growth"] / bp_growth if bp_growth > 0 else float("nan")
+    seed_d3 = None if d3_seed["fires"] is None else ("fires" if d3_seed["fires"] else "passes")
+    r["verdicts"] = {
+        "seed": {k: combine_verdict(d1["fires"], d2["fires"], seed_d3, k) for k in VERDICT_RULES},
+        "corrected": {k: combine_verdict(c1["fires"], d2["corrected"]["fires"], d3_cor["status"], k)
+                      for k in VERDICT_RULES},
+    }
+    r["verdict_rule"] = rule
+    r["verdict"] = r["verdicts"]["corrected"][rule]
+    r["test_acc"] = acc
+    st["d3_margin"], st["min_seeds"] = margin, need
+    return r
+
+
+def _depth(acc: float, n_test: int, base: Dict[str, Optional[List[float]]], seed_list: Optional[List[float]],
+           margin: float, min_seeds: int, seed: int):
+    frozen_seed = base.get("frozen_seed")
+    fs = None if frozen_seed is None else sum(frozen_seed) / len(frozen_seed)
+    d3_seed = {"test_acc": acc, "frozen_baseline_acc": fs, "margin": None if fs is None else acc - fs,
+               "margin_threshold": margin, "fires": None if fs is None else bool(acc - fs < margin),
+               "baseline": "frozen blocks, embed and head trained by BP"}
+
+    accs = seed_list if seed_list is not None else [acc]
+    others = {}
+    for name in ("frozen_seed", "shallow", "head_only"):
+        if base.get(name) is not None:
+            b = base[name]
+            others[name] = {"acc_mean": sum(b) / len(b), "margin": sum(accs) / len(accs) - sum(b) / len(b),
+                            "n_seeds": len(b)}
+    matched = base.get("frozen_matched")
+    cor: Dict[str, Any] = {"method_accs": accs, "n_seeds": len(accs), "margin_threshold": margin,
+                           "other_baselines": others, "n_test": n_test,
+                           "baseline": "frozen blocks, embed and head trained by the same method"}
+    if matched is None:
+        cor.update({"status": None, "fires": None, "frozen_matched_accs": None, "margin": None, "ci": None,
+                    "note": "no method-matched frozen baseline: D3 not evaluated (verdict INCOMPLETE)"})
+        return d3_seed, cor
+    if len(matched) == 1:
+        diffs = [a - matched[0] for a in accs]
+    elif len(matched) == len(accs):
+        diffs = [a - b for a, b in zip(accs, matched)]
+    else:
+        raise ValueError(f"FAProtocol: baselines['frozen_matched'] has {len(matched)} seeds and the method "
+                         f"{len(accs)}; give one value or one per seed (paired)")
+    mean = sum(diffs) / len(diffs)
+    boot = M.bootstrap_mean_ci(diffs, seed=seed)
+    # Wilson intervals of the pooled accuracies (n_test per run) bound the test-set sampling error
+    acc_mean, base_mean = sum(accs) / len(accs), sum(matched) / len(matched)
+    wa = M.wilson_interval(int(round(acc_mean * n_test * len(accs))), n_test * len(accs))
+    wb = M.wilson_interval(int(round(base_mean * n_test * len(matched))), n_test * len(matched))
+    wil = (wa[0] - wb[1], wa[1] - wb[0])
+    ci = (min(boot[0], wil[0]), max(boot[1], wil[1]))
+    if ci[1] < margin:
+        status = "fires"
+    elif ci[0] >= margin and len(accs) >= min_seeds:
+        status = "passes"
+    else:
+        status = "inconclusive"
+    note = {"fires": "the interval lies below the margin",
+            "passes": "the interval lies above the margin",
+            "inconclusive": ("the interval straddles the margin" if ci[0] < margin else
+                             f"fewer than {min_seeds} seeds")}[status]
+    cor.update({"status": status, "fires": status == "fires", "frozen_matched_accs": matched, "margin": mean,
+                "diffs": diffs, "ci": list(ci), "ci_bootstrap": list(boot), "ci_wilson": list(wil), "note": note})
+    return d3_seed, cor
 
 
 def format_report(r: Mapping[str, Any]) -> str:
