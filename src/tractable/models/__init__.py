@@ -12,6 +12,7 @@ from tractable.models.registry import create_model, list_models, model_defaults,
 from tractable.models.first_layer import FALLBACK_PATHS, WEIGHT_LAYERS, first_layer
 
 # Family modules register their builders on import.
+from tractable.models import crate as _crate, crate_mae as _crate_mae  # noqa: F401  (CRATE family)
 from tractable.models.resnet_cifar import BasicBlock, Bottleneck, CifarResNet
 from tractable.models.resnet_small import GELUBasicBlock, SmallResNet
 from tractable.models.small import CNN1d, MLP, SmallCNN
