@@ -62,6 +62,7 @@ class MLP(nn.Module):
     """Flatten → ``fc1`` → act → [Linear → act]* → ``head`` (Identity when ``hidden`` is empty)."""
 
     tract_layer = "fc1"
+    feedback_chain = True  # a plain chain of layers: DFA's feedback points are the hidden activations
 
     def __init__(self, in_features: int, *, num_classes: int = 10, hidden: Sequence[int] = (256, 256),
                  activation: str = "relu"):
