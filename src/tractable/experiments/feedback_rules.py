@@ -1,0 +1,212 @@
+"""Runner rules of the credit-assignment family: ``method.name`` = ``fa``, ``dfa``, ``usf``, ``frsf``, ``brsf``,
+``kp`` (backpropagation is ``normal``).
+
+Each rule converts the freshly built model with :func:`tractable.feedback.convert` before the optimizer exists
+(one optimizer, one backward), with its own typed options — ``method.placement=post_ln`` or a typo gets the
+same ConfigError as any other key. Options left at ``None`` take the method's default, or the reference code's
+choice under ``method.compat=seed``; ``describe()`` (the run summary's ``method``) lists the resolved values.
+
+* ``method.seed`` — the feedback matrices' seed; ``None`` = the run's ``train.seed``. Matrices are drawn on the
+  CPU from (seed, layer/point name), so every rank holds the same ones: at start-up the rule all-reduces a
+  float64 checksum (MIN and MAX) and stops with a clear error if they differ. They are buffers of the model,
+  so checkpoints carry them and a resumed run continues with the same ones.
+* ``method.find_unused_parameters`` — passed to ``DistributedDataParallel``; the methods work with either value
+  (DFA's hub reaches every parameter through one autograd node, no nested backward).
+* brSF redraws its sign-magnitudes before every optimizer step from (seed, name, step): equal on all ranks and
+  after a resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional
+
+import torch
+import torch.nn as nn
+
+from tractable.train.hooks import Hook
+from tractable.train.rules import LearningRule, register_rule
+
+__all__ = ["FARule", "DFARule", "USFRule", "FRSFRule", "BRSFRule", "KPRule"]
+
+_RUNNER_KEYS = ("seed", "find_unused_parameters")
+
+
+def _validate(method: str, opts) -> None:
+    from tractable.feedback import resolve_options
+
+    try:
+        resolve_options(method, 0, **_method_options(opts))
+    except ValueError as e:
+        raise ValueError(str(e).replace("feedback: ", "method.", 1)) from None
+    if opts.seed is not None and (isinstance(opts.seed, bool) or opts.seed < 0):
+        raise ValueError(f"method.seed: must be a non-negative int or null (the run's train.seed), got {opts.seed!r}")
+
+
+def _method_options(opts) -> Dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(opts):
+        v = getattr(opts, f.name)
+        if f.name in _RUNNER_KEYS or v is None or (isinstance(v, list) and not v):
+            continue
+        out[f.name] = v
+    return out
+
+
+class _BRSFResample(Hook):
+    """brSF: redraw R from (seed, layer, step) before every optimizer step."""
+
+    def before_step(self, trainer) -> None:
+        from tractable.feedback import resample_
+
+        resample_(trainer.model, int(trainer.step))
+
+
+class _FeedbackRule(LearningRule):
+    method = "fa"
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.resolved = None
+        self.checksum: Optional[float] = None
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        import tractable.feedback as fb
+
+        # the runner seeds the global RNG with train.seed right before building the model
+        seed = self.opts.seed if self.opts.seed is not None else torch.initial_seed() & ((1 << 63) - 1)
+        fb.convert(model, self.method, seed=int(seed), **_method_options(self.opts))
+        self.resolved = model.feedback_options
+        self.checksum = fb.check_same_on_ranks(model)  # before DDP's own broadcast could hide a difference
+        return model
+
+    def ddp_kwargs(self) -> Dict[str, Any]:
+        return {"find_unused_parameters": bool(self.opts.find_unused_parameters)}
+
+    def hooks(self) -> List[Hook]:
+        return [_BRSFResample()] if self.method == "brsf" else []
+
+    def describe(self) -> str:
+        o = self.resolved
+        if o is None:
+            return self.method
+        if o.kind == "layer":
+            parts = [f"layer, init={o.feedback_init}"]
+            if o.exclude:
+                parts.append(f"exclude={','.join(o.exclude)}")
+        elif o.kind == "block":
+            parts = [f"block, skip={o.skip}, normalize={o.normalize}"]
+        else:
+            parts = [f"placement={o.placement}, normalize={o.normalize}, share_b0={o.share_b0}",
+                     f"train_head={o.train_head}"]
+        if o.feedback_scale != 1.0:
+            parts.append(f"scale={o.feedback_scale:g}")
+        if o.compat:
+            parts.append(f"compat={o.compat}")
+        parts.append(f"seed={o.seed}")
+        return f"{self.method}({', '.join(parts)})"
+
+
+@register_rule("fa")
+class FARule(_FeedbackRule):
+    """Feedback alignment (Lillicrap et al. 2016): random fixed B in place of Wᵀ, per layer or per residual block."""
+
+    method = "fa"
+
+    @dataclass
+    class Options:
+        granularity: Optional[Literal["layer", "block"]] = None  # None: layer (compat=seed: block)
+        skip: Optional[bool] = None  # block FA: keep the exact identity path (None: True; compat=seed: False)
+        normalize: Optional[Literal["none", "rms_per_sample", "dim"]] = None  # block FA
+        feedback_init: Optional[Literal["kaiming_uniform", "normal"]] = None  # layer: kaiming_uniform; block: normal
+        feedback_scale: float = 1.0
+        exclude: List[str] = field(default_factory=list)  # layer FA: modules left on exact BP (e.g. head)
+        allow_functional: List[str] = field(default_factory=list)
+        compat: Optional[Literal["seed"]] = None
+        seed: Optional[int] = None
+        find_unused_parameters: bool = False
+
+        def validate(self) -> None:
+            _validate("fa", self)
+
+
+def _layer_options(doc: str):
+    @dataclass
+    class Options:
+        feedback_init: Optional[Literal["kaiming_uniform", "normal"]] = None
+        feedback_scale: float = 1.0
+        exclude: List[str] = field(default_factory=list)
+        allow_functional: List[str] = field(default_factory=list)
+        seed: Optional[int] = None
+        find_unused_parameters: bool = False
+
+    Options.__doc__ = doc
+    return Options
+
+
+@register_rule("usf")
+class USFRule(_FeedbackRule):
+    """Uniform sign-concordant feedback (Liao et al. 2016): B = RMS(W)·sign(W) per layer, from the current W."""
+
+    method = "usf"
+
+    class Options(_layer_options("uSF options")):
+        def validate(self) -> None:
+            _validate("usf", self)
+
+
+@register_rule("frsf")
+class FRSFRule(_FeedbackRule):
+    """Fixed random-magnitude sign-concordant feedback: B = |R| ⊙ sign(W), R drawn once."""
+
+    method = "frsf"
+
+    class Options(_layer_options("frSF options")):
+        def validate(self) -> None:
+            _validate("frsf", self)
+
+
+@register_rule("brsf")
+class BRSFRule(_FeedbackRule):
+    """Batchwise random-magnitude sign-concordant feedback: B = |R_t| ⊙ sign(W), R_t redrawn every step."""
+
+    method = "brsf"
+
+    class Options(_layer_options("brSF options")):
+        def validate(self) -> None:
+            _validate("brsf", self)
+
+
+@register_rule("kp")
+class KPRule(_FeedbackRule):
+    """Kolen-Pollack (Akrout et al. 2019): B learned with W's gradient and weight decay, so W − B decays."""
+
+    method = "kp"
+
+    class Options(_layer_options("Kolen-Pollack options")):
+        def validate(self) -> None:
+            _validate("kp", self)
+
+
+@register_rule("dfa")
+class DFARule(_FeedbackRule):
+    """Direct feedback alignment (Nøkland 2016): the true ∂L/∂logits sent to every feedback point through B_k."""
+
+    method = "dfa"
+
+    @dataclass
+    class Options:
+        placement: Optional[Literal["pre_ln", "post_ln"]] = None  # None: pre_ln
+        normalize: Optional[Literal["none", "rms_per_sample", "dim"]] = None  # None: none (compat=seed: rms)
+        share_b0: Optional[bool] = None  # None: False (compat=seed: True)
+        feedback_init: Optional[Literal["normal", "uniform_dim"]] = None  # None: normal N(0, s²/C)
+        feedback_scale: float = 1.0
+        train_head: Optional[Literal["bp", "dfa"]] = None  # None: bp
+        token_feedback: Optional[Literal["broadcast", "per_token", "per_token_error"]] = None
+        conv_feedback: Optional[Literal["full", "channel_broadcast"]] = None  # None: full (compat=seed: channel)
+        compat: Optional[Literal["seed"]] = None
+        seed: Optional[int] = None
+        find_unused_parameters: bool = False
+
+        def validate(self) -> None:
+            _validate("dfa", self)

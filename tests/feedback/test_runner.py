@@ -1,0 +1,199 @@
+"""The runner rules fa / dfa / usf / frsf / brsf / kp: options, checkpoints, DDP (2 gloo ranks), kill -9 + resume."""
+import os
+import signal
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+import tractable.feedback as fb
+from tractable.train import (ConfigError, cleanup, config_from_dict, config_to_dict, init_distributed,
+                             latest_checkpoint, save_config, skip_interpreter_teardown, train)
+from tests.train.conftest import tiny_dict
+from tests.train.test_distributed import SECTIONS, _free_port, _steps, _weights
+from tests.train.test_resume import _records, _run
+
+
+def _cfg(tmp_path, name, method, **sections):
+    return config_from_dict(tiny_dict(tmp_path, name, method=method, **sections))
+
+
+RESMLP = {"name": "resmlp", "kwargs": {"dim": 16, "depth": 2}}
+
+
+@pytest.mark.parametrize("method,model,describe", [
+    ({"name": "fa"}, None, "fa(layer, init=kaiming_uniform, seed=0)"),
+    ({"name": "fa", "granularity": "block", "seed": 3}, RESMLP, "fa(block, skip=True, normalize=none, seed=3)"),
+    ({"name": "fa", "compat": "seed"}, RESMLP, "fa(block, skip=False, normalize=rms_per_sample, compat=seed, seed=0)"),
+    ({"name": "dfa"}, None, "dfa(placement=pre_ln, normalize=none, share_b0=False, train_head=bp, seed=0)"),
+    ({"name": "dfa", "placement": "post_ln"}, RESMLP,
+     "dfa(placement=post_ln, normalize=none, share_b0=False, train_head=bp, seed=0)"),
+    ({"name": "usf"}, None, "usf(layer, init=kaiming_uniform, seed=0)"),
+    ({"name": "frsf"}, None, "frsf(layer, init=kaiming_uniform, seed=0)"),
+    ({"name": "brsf"}, None, "brsf(layer, init=kaiming_uniform, seed=0)"),
+    ({"name": "kp", "feedback_scale": 0.5}, None, "kp(layer, init=kaiming_uniform, scale=0.5, seed=0)"),
+])
+def test_rules_train_and_checkpoint_the_feedback(tmp_path, method, model, describe):
+    sections = {"train": {"epochs": 1, "progress": False, "plots": False, "tensorboard": False, "log_every": 1}}
+    if model is not None:
+        sections["model"] = model
+    res = train(_cfg(tmp_path, "run", method, **sections))
+    assert res.summary["method"] == describe
+    sd = load_file(str(latest_checkpoint(res.run_dir / "checkpoints") / "model.safetensors"))
+    keys = [k for k in sd if "feedback" in k.split(".")[-1] or k.startswith("credit.")]
+    assert keys or method["name"] == "usf"
+    # the saved matrices are the ones regenerated from (seed, name): rebuild the model and verify
+    from tractable.models import create_model
+
+    m = create_model(**{"name": (model or {"name": "mlp"})["name"], **_model_kwargs(model)})
+    opts = {k: v for k, v in method.items() if k not in ("name", "seed")}
+    fb.convert(m, method["name"], seed=method.get("seed", 0), **opts)
+    m.load_state_dict(sd, strict=True)
+    if method["name"] != "brsf":
+        assert fb.verify_feedback(m, sd) == sorted(keys)
+    assert "method:" in (res.run_dir / "config.yaml").read_text()
+
+
+def _model_kwargs(model):
+    kw = {"in_channels": 1, "input_size": 16, "num_classes": 4}
+    if model is None:
+        return {**kw, "hidden": [16]}
+    return {**kw, **model["kwargs"]}
+
+
+def test_brsf_resamples_every_step(tmp_path):
+    res = train(_cfg(tmp_path, "brsf", {"name": "brsf"}, train={"epochs": 1, "progress": False, "plots": False,
+                                                                  "tensorboard": False}))
+    sd = load_file(str(latest_checkpoint(res.run_dir / "checkpoints") / "model.safetensors"))
+    step = int(sd["fc1.feedback_step"])
+    assert step == res.summary["steps"] - 1  # drawn before the last step, from (seed, name, step)
+    R = fb.draw(sd["fc1.feedback"].shape, seed=0, name="fc1", init="kaiming_uniform", fan=16, step=step)
+    assert torch.equal(sd["fc1.feedback"], R)
+
+
+@pytest.mark.parametrize("method,match", [
+    ({"name": "fa", "placement": "post_ln"}, r"unknown key 'method.placement' for learning rule 'fa' "
+                                           r"\('placement' is an option of 'dfa'\)"),
+    ({"name": "dfa", "placment": "post_ln"}, "unknown key 'method.placment' for learning rule 'dfa'"),
+    ({"name": "dfa", "placement": "middle"}, "method.placement"),
+    ({"name": "fa", "skip": False}, "'skip'.*do not apply to layer-level FA"),
+    ({"name": "kp", "granularity": "block"}, "unknown key 'method.granularity' for learning rule 'kp'"),
+    ({"name": "dfa", "feedback_scale": -1.0}, "method.feedback_scale must be a finite number > 0"),
+    ({"name": "fa", "seed": -2}, "method.seed"),
+])
+def test_bad_rule_options_are_config_errors(tmp_path, method, match):
+    with pytest.raises(ConfigError, match=match):
+        _cfg(tmp_path, "bad", method)
+
+
+def test_fa_on_multihead_attention_model_fails_at_start(tmp_path):
+    import torch.nn as nn
+
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = x.reshape(x.shape[0], 1, 16)
+            return self.fc(self.attn(x, x, x)[0][:, 0])
+
+    with pytest.raises(TypeError, match="MultiheadAttention"):
+        train(_cfg(tmp_path, "mha", {"name": "fa"}), model=MHA())
+
+
+# -------------------------------------------------------------------------------------------- DDP (2 ranks)
+DDP_METHODS = {
+    "dfa": {"name": "dfa"},
+    "dfa_unused": {"name": "dfa", "find_unused_parameters": True},
+    "fa": {"name": "fa"},
+    "fa_unused": {"name": "fa", "find_unused_parameters": True},
+}
+
+
+def _ddp_worker(rank, world, port, cfg_dicts):
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    assert init_distributed() is True
+    try:
+        # different seeds on the two ranks are caught by the start-up checksum
+        m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+        fb.convert(m, "dfa", seed=rank)
+        try:
+            fb.check_same_on_ranks(m)
+            raise AssertionError("different feedback matrices on the two ranks were not detected")
+        except RuntimeError as e:
+            assert "feedback matrices differ across ranks" in str(e)
+        for d in cfg_dicts:
+            train(config_from_dict(d))
+        dist.barrier()
+    finally:
+        cleanup()
+    skip_interpreter_teardown()
+
+
+@pytest.mark.distributed
+def test_ddp_two_ranks_match_single_process(tmp_path):
+    ddp_cfgs, single = [], {}
+    for name, method in DDP_METHODS.items():
+        ddp_cfgs.append(config_to_dict(_cfg(tmp_path, f"ddp_{name}", method, **SECTIONS)))
+        single[name] = train(_cfg(tmp_path, f"one_{name}", method, **SECTIONS))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), ddp_cfgs), nprocs=2, join=True)
+    for name in DDP_METHODS:
+        one_dir, ddp_dir = single[name].run_dir, tmp_path / f"ddp_{name}"
+        s1, _ = _steps(one_dir)
+        s2, _ = _steps(ddp_dir)
+        assert len(s1) == len(s2) == 8
+        for a, b in zip(s1, s2):
+            assert abs(a["loss"] - b["loss"]) <= 1e-5, (name, a["step"], a["loss"], b["loss"])
+        w1, w2 = _weights(one_dir), _weights(ddp_dir)
+        assert any(k.startswith("credit.") or k.endswith(".feedback") for k in w2)
+        for k in w1:
+            assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=0), (name, k, (w1[k] - w2[k]).abs().max())
+
+
+# -------------------------------------------------------------------------------------------- kill -9 + resume
+def test_sigkill_and_resume_is_bitwise_for_dfa(tmp_path):
+    sections = dict(
+        data={"subset": 160, "batch_size": 32, "augment": "crop_flip"},  # 5 steps per epoch
+        model=RESMLP,
+        optim={"name": "adamw", "lr": 0.01, "weight_decay": 0.05},
+        schedule={"name": "cosine", "warmup_epochs": 1},
+        train={"epochs": 6, "save_every_steps": 3, "keep_checkpoints": 2},
+    )
+    method = {"name": "dfa", "placement": "post_ln"}
+    paths = {n: tmp_path / f"{n}.yaml" for n in ("ref", "run", "resume")}
+    save_config(_cfg(tmp_path, "ref", method, **sections), paths["ref"])
+    save_config(_cfg(tmp_path, "run", method, **sections), paths["run"])
+    save_config(config_from_dict(tiny_dict(tmp_path, "run", method=method, resume=True, **sections)),
+                paths["resume"])
+    ref = _run(paths["ref"], 0)
+    victim = _run(paths["run"], 0.05)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 60
+    while time.time() < deadline and victim.poll() is None:
+        ck = latest_checkpoint(ckpt_dir)
+        if ck is not None and int(ck.name.split("_")[1]) % 5:
+            break
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL and not (tmp_path / "run" / "summary.json").exists()
+    resumed = _run(paths["resume"], 0)
+    out_r, _ = resumed.communicate(timeout=120)
+    out_ref, _ = ref.communicate(timeout=120)
+    assert resumed.returncode == 0, out_r.decode()
+    assert ref.returncode == 0, out_ref.decode()
+    w_ref = load_file(str(latest_checkpoint(tmp_path / "ref" / "checkpoints") / "model.safetensors"))
+    w_run = load_file(str(latest_checkpoint(ckpt_dir) / "model.safetensors"))
+    assert latest_checkpoint(ckpt_dir).name == "step_00000030"
+    assert w_ref.keys() == w_run.keys() and "credit.B_0" in w_run
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_run[k]), k
+    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
