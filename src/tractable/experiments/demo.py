@@ -37,6 +37,8 @@ class DemoRow:
 ROWS: List[DemoRow] = [
     DemoRow("backprop (plain)", ["method.name=normal"]),
     DemoRow("TrAct λ=0.1", ["method.name=tract", "method.l=0.1"]),
+    DemoRow("feedback alignment (FA)", ["method.name=fa"]),
+    DemoRow("direct feedback alignment (DFA)", ["method.name=dfa"]),
 ]
 
 #: extra demo sections, ``"module:function"`` (see the module docstring), run in this order after the table
