@@ -74,9 +74,15 @@ def with_stats(ds, cfg):
 
 
 def apply_subset(ds, cfg, split: str):
-    """The first ``data.subset`` (train) or ``data.test_subset`` (test) samples of ``ds``, if set."""
+    """The first ``data.subset`` (train) or ``data.test_subset`` (test) samples of ``ds``, if set; then, for the
+    training split, ``data.label_noise`` (:mod:`tractable.data.label_noise`)."""
     n, key = (cfg.subset, "data.subset") if split == "train" else (cfg.test_subset, "data.test_subset")
-    return ds if n is None else _subset(ds, n, key)
+    ds = ds if n is None else _subset(ds, n, key)
+    if split == "train" and getattr(cfg, "label_noise", 0.0) > 0:  # after the subset: noise on what is trained
+        from tractable.data.label_noise import apply_label_noise
+
+        ds = apply_label_noise(ds, cfg.label_noise, cfg.label_noise_seed)
+    return ds
 
 
 def model_shape_kwargs(info, accepted) -> dict:
