@@ -869,7 +869,7 @@ def main(argv=None) -> int:
                     help="torch_tract wheel to install with --no-deps into a temporary folder\n"
                          "(default: the newest benchmarks/wheels/torch_tract-*.whl, if any)")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="total seconds for all stages (default 450 on cuda, 150 on cpu)")
+                    help="total seconds for all stages (default 450 on cuda, 300 on cpu)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)} (default all)")
     ap.add_argument("--stage", choices=("env", "e2e", "runner"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -878,7 +878,7 @@ def main(argv=None) -> int:
     if args.stage:
         return run_stage(args)
     if args.budget_s is None:
-        args.budget_s = 450.0 if args.device == "cuda" else 150.0
+        args.budget_s = 450.0 if args.device == "cuda" else 300.0
     if args.budget_s <= 0:
         ap.error("--budget-s must be positive")
     return orchestrate(args)
