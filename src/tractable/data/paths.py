@@ -46,7 +46,8 @@ def missing_data_error(
     files = "\n".join(f"  - {f}" for f in expected)
     if can_download:
         how = (
-            f"Pass download=True (CLI: --download) to fetch the official files into the data root, "
+            f"Pass download=True (tractable train / the runner config: data.download=true) to fetch the official "
+            f"files into the data root, "
             f"or place them there yourself; set {ENV_VAR} (or pass root=...) to point at another data root."
         )
     else:
