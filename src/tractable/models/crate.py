@@ -293,9 +293,13 @@ class CRATE(nn.Module):
     def __init__(self, *, image_size: ImageSize = 224, patch_size: int = 16, num_classes: int = 1000, dim: int = 384,
                  depth: int = 12, heads: int = 6, dim_head: Optional[int] = None, in_channels: int = 3,
                  pool: str = "cls", dropout: float = 0.0, eta: float = 0.1, lam: float = 0.1,
-                 ista_impl: str = "fused", attn_impl: str = "sdpa", init: str = "official", name: str = "crate"):
+                 ista_impl: str = "fused", attn_impl: str = "sdpa", init: str = "official",
+                 resize_to: Optional[ImageSize] = None, name: str = "crate"):
         super().__init__()
-        self.image_size = _pair(name, "image_size", image_size)
+        # resize_to: the model is built for that resolution and resizes its inputs to it (bilinear), e.g. CIFAR
+        # upsampled to 224² as the official fine-tuning does; image_size is then only the data's size.
+        self.resize_to = None if resize_to is None else _pair(name, "resize_to", resize_to)
+        self.image_size = self.resize_to or _pair(name, "image_size", image_size)
         patch_size = _checks.positive_int(name, "patch_size", patch_size)
         num_classes = _checks.positive_int(name, "num_classes", num_classes)
         dim = _checks.positive_int(name, "dim", dim)
@@ -347,7 +351,8 @@ class CRATE(nn.Module):
         return {"image_size": list(self.image_size), "patch_size": self.patch_size, "num_classes": self.num_classes,
                 "dim": self.dim, "depth": self.depth, "heads": self.heads, "dim_head": self.dim_head,
                 "in_channels": self.in_channels, "pool": self.pool, "dropout": self.dropout.p, "eta": self.eta,
-                "lam": self.lam, "ista_impl": ista.impl, "attn_impl": mssa.attn_impl}
+                "lam": self.lam, "ista_impl": ista.impl, "attn_impl": mssa.attn_impl,
+                "resize_to": None if self.resize_to is None else list(self.resize_to)}
 
     def set_impl(self, *, ista_impl: Optional[str] = None, attn_impl: Optional[str] = None) -> "CRATE":
         """Switch the ISTA/attention implementation of every layer in place (same parameters)."""
@@ -385,6 +390,9 @@ class CRATE(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images → Z¹ (B, 1 + N, d): patch embedding, cls token, position embedding."""
+        if self.resize_to is not None and isinstance(x, torch.Tensor) and x.dim() == 4 \
+                and tuple(x.shape[-2:]) != self.resize_to:
+            x = F.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
         grid = self._check_input(x)
         tokens = self.to_patch_embedding(x)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
@@ -526,16 +534,32 @@ def load_crate_checkpoint(model: nn.Module, source, *, strict: bool = True, repl
 
 
 # ------------------------------------------------------------------------------------------------ registry
+def _pretrained(model: CRATE, pretrained: Optional[str], replace_head: bool) -> CRATE:
+    """Builder option ``pretrained=PATH``: load a checkpoint strictly (positions interpolated to the model's grid;
+    with ``replace_head=True`` the checkpoint's classifier is dropped and the fresh ``num_classes`` head kept)."""
+    if not isinstance(replace_head, bool):
+        raise ValueError(f"{model.name}: replace_head must be True or False, got {replace_head!r}")
+    if pretrained is None:
+        if replace_head:
+            raise ValueError(f"{model.name}: replace_head=True needs pretrained=PATH")
+        return model
+    return load_crate_checkpoint(model, pretrained, interpolate_pos=True,
+                                 replace_head=model.num_classes if replace_head else None)
+
+
 def _builder(size: str, patch: int):
     dim, depth, heads = CRATE_PRESETS[size]
     reg = f"crate_{size}" if patch == 16 else f"crate_{size}_{patch}"
 
     def build(*, num_classes: int = 1000, in_channels: int = 3, image_size: ImageSize = 224, patch_size: int = patch,
               pool: str = "cls", dropout: float = 0.0, eta: float = 0.1, lam: float = 0.1, ista_impl: str = "fused",
-              attn_impl: str = "sdpa", init: str = "official", depth: int = depth) -> CRATE:
-        return CRATE(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
-                     heads=heads, in_channels=in_channels, pool=pool, dropout=dropout, eta=eta, lam=lam,
-                     ista_impl=ista_impl, attn_impl=attn_impl, init=init, name=reg)
+              attn_impl: str = "sdpa", init: str = "official", depth: int = depth,
+              resize_to: Optional[ImageSize] = None, pretrained: Optional[str] = None,
+              replace_head: bool = False) -> CRATE:
+        model = CRATE(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
+                      heads=heads, in_channels=in_channels, pool=pool, dropout=dropout, eta=eta, lam=lam,
+                      ista_impl=ista_impl, attn_impl=attn_impl, init=init, resize_to=resize_to, name=reg)
+        return _pretrained(model, pretrained, replace_head)
 
     build.__name__ = build.__qualname__ = reg
     build.__doc__ = (f"CRATE-{size[0].upper()}/{patch}: d={dim}, {depth} layers, {heads} heads of "
@@ -554,8 +578,10 @@ del _size
 def crate(*, num_classes: int = 10, in_channels: int = 3, image_size: ImageSize = 32, patch_size: int = 4,
           dim: int = 384, depth: int = 12, heads: int = 6, dim_head: Optional[int] = None, pool: str = "cls",
           dropout: float = 0.0, eta: float = 0.1, lam: float = 0.1, ista_impl: str = "fused",
-          attn_impl: str = "sdpa", init: str = "official") -> CRATE:
+          attn_impl: str = "sdpa", init: str = "official", resize_to: Optional[ImageSize] = None,
+          pretrained: Optional[str] = None, replace_head: bool = False) -> CRATE:
     """A CRATE of any shape (default: CRATE-T-shaped, patch 4, for 32² images)."""
-    return CRATE(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
-                 heads=heads, dim_head=dim_head, in_channels=in_channels, pool=pool, dropout=dropout, eta=eta,
-                 lam=lam, ista_impl=ista_impl, attn_impl=attn_impl, init=init, name="crate")
+    model = CRATE(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
+                  heads=heads, dim_head=dim_head, in_channels=in_channels, pool=pool, dropout=dropout, eta=eta,
+                  lam=lam, ista_impl=ista_impl, attn_impl=attn_impl, init=init, resize_to=resize_to, name="crate")
+    return _pretrained(model, pretrained, replace_head)
