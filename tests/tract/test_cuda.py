@@ -74,9 +74,18 @@ def test_low_precision_parameters_match_float64_reference(name, device, dtype):
     assert _rel(g, ref) < 2e-2
 
 
+@pytest.fixture
+def no_tf32():
+    """float32 convolutions and matmuls in full float32 on CUDA (cuDNN uses TF32 for them by default)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_exact_mode_with_accumulation_matches_float64_full_batch(device, k):
+def test_exact_mode_with_accumulation_matches_float64_full_batch(device, k, no_tf32):
     model = _model(torch.float32)
     tractable.TrAct(model[0], l=0.1, exact=True)
     model.to(device)
