@@ -69,4 +69,17 @@ __all__ = [
     "FeedbackMismatch",
     # reference gradients
     "bp_mode",
+    # the FA evaluation protocol and its metrics (loaded on first use)
+    "FAProtocol", "metrics", "protocol",
 ]
+
+
+def __getattr__(name):
+    """``FAProtocol``, ``metrics`` and ``protocol`` are imported on first use (they are not needed to train)."""
+    import importlib
+
+    if name in ("metrics", "protocol"):
+        return importlib.import_module(f"tractable.feedback.{name}")
+    if name == "FAProtocol":
+        return importlib.import_module("tractable.feedback.protocol").FAProtocol
+    raise AttributeError(f"module 'tractable.feedback' has no attribute {name!r}")
