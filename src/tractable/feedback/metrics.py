@@ -182,6 +182,8 @@ def bp_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn:
     if dtype is not None and dtype != _param_dtype(model):
         net = copy.deepcopy(model).to(dtype)
         x = x.to(dtype) if x.is_floating_point() else x
+    if x.is_floating_point():  # so that every hidden is in the graph, also behind frozen layers
+        x = x.detach().requires_grad_(True)
     with model_mode(net, training), bp_mode(net), torch.enable_grad():
         logits, hs = net(x, return_hidden=True)
         loss = fn(logits, y)
@@ -202,11 +204,18 @@ def method_signals(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_f
     """
     _check_model(model)
     fn = _loss_fn(loss_fn, reduction)
+    if x.is_floating_point():
+        x = x.detach().requires_grad_(True)
     with _signal_mode(model), torch.enable_grad():
         logits, hs = model(x, return_hidden=True)
         loss = fn(logits, y)
-        grads = torch.autograd.grad(loss, hs, allow_unused=True)
-    return [None if g is None else g.detach() for g in grads]
+        live = [i for i, h in enumerate(hs) if h.requires_grad]  # e.g. detached points behind frozen blocks
+        grads = torch.autograd.grad(loss, [hs[i] for i in live], allow_unused=True) if live and loss.requires_grad \
+            else [None] * len(live)
+    out: List[Optional[torch.Tensor]] = [None] * len(hs)
+    for i, g in zip(live, grads):
+        out[i] = None if g is None else g.detach()
+    return out
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype:

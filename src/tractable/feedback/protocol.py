@@ -506,20 +506,22 @@ def _materialise(eval_data, device) -> Tuple[torch.Tensor, torch.Tensor]:
     return x.to(device), y.to(device)
 
 
-def _fd_check(net64: nn.Module, ref64, y: torch.Tensor, loss_fn, seed: int, num_directions: int = 2,
-              t: float = 1e-6, rtol: float = 1e-4, max_samples: int = 64) -> Dict[str, Any]:
+def _fd_check(net64: nn.Module, ref64, y: torch.Tensor, loss_fn, seed: int, num_directions: int = 3,
+              t: float = 1e-7, rtol: float = 1e-2, max_samples: int = 64) -> Dict[str, Any]:
     """⟨g_k, v⟩ against central differences of the float64 loss through ``forward_from(k)`` at the first and last
     point, along random directions, on the first ``max_samples`` inputs (the reference uses a summed loss, so
-    these samples' gradients do not depend on the others; entries where h is exactly 0 — ReLU kinks — are not
-    moved)."""
+    these samples' gradients do not depend on the others). Entries where h is exactly 0 are not moved, and the
+    median over directions is compared, so that a ReLU kink crossed by one step does not count; a backward that
+    is not the forward's gradient (e.g. a feedback layer ignoring ``bp_mode``) is off by O(1)."""
     gen = torch.Generator().manual_seed(seed + 1)
-    worst = 0.0
+    worst, worst_single = 0.0, 0.0
     points = sorted({0, len(ref64.hiddens) - 1})
     y = y[:max_samples]
     with M.model_mode(net64, training=False), torch.no_grad():
         for k in points:
             h, g = ref64.hiddens[k][:max_samples], ref64.grads[k][:max_samples]
             scale = float(h.abs().max()) or 1.0
+            errs = []
             for _ in range(num_directions):
                 v = torch.randn(h.shape, generator=gen, dtype=torch.float64).to(h.device) * (h != 0)
                 step = t * scale
@@ -528,7 +530,8 @@ def _fd_check(net64: nn.Module, ref64, y: torch.Tensor, loss_fn, seed: int, num_
                 fd = float((lp - lm) / (2 * step))
                 an = float((g * v).sum())
                 err = abs(fd - an) / max(abs(fd), abs(an), 1e-30)
-                if abs(fd) < 1e-12 and abs(an) < 1e-12:
-                    err = 0.0
-                worst = max(worst, err)
-    return {"ok": bool(worst <= rtol), "max_rel_error": worst, "points": points, "directions": num_directions}
+                errs.append(0.0 if abs(fd) < 1e-12 and abs(an) < 1e-12 else err)
+            worst = max(worst, sorted(errs)[len(errs) // 2])
+            worst_single = max(worst_single, max(errs))
+    return {"ok": bool(worst <= rtol), "median_rel_error": worst, "max_rel_error": worst_single, "points": points,
+            "directions": num_directions, "rtol": rtol}
