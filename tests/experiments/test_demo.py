@@ -1,5 +1,5 @@
 """The demo runs end to end through the runner, prints the table and the verdict, and writes its plot."""
-from tractable.experiments.demo import ROWS, format_table, run_demo, verdict
+from tractable.experiments.demo import ROWS, _slug, format_table, run_demo, verdict
 
 
 def test_demo_small(tmp_path):
@@ -11,8 +11,8 @@ def test_demo_small(tmp_path):
     assert "| method | ep 1 | ep 2 |" in text and "What this shows:" in text
     (demo_dir,) = list(tmp_path.iterdir())
     assert (demo_dir / "demo.png").is_file() and (demo_dir / "demo.md").is_file()
-    # every row and seed has its own run directory
-    assert len([p for p in demo_dir.iterdir() if p.is_dir()]) == 2 * len(ROWS)
+    # every row and seed has its own run directory (sections add directories of their own)
+    assert all((demo_dir / f"{_slug(r.label)}-s{s}").is_dir() for r in ROWS for s in range(2))
 
 
 def test_table_and_verdict_arithmetic():

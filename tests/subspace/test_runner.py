@@ -150,3 +150,15 @@ def test_commands_subspace_eval_ensemble_eval_and_compare(tmp_path, capsys):
                            train={"epochs": 1}))
     assert main(["subspace-eval", str(simplex.run_dir), "--bn-batches", "1", "--heatmap-step", "0.5"]) == 0
     assert (simplex.run_dir / "plots" / "subspace_simplex.png").is_file()
+
+
+def test_demo_section_reports_midpoint_and_endpoints(tmp_path, monkeypatch):
+    from tractable.experiments import subspace_demo
+
+    monkeypatch.setitem(subspace_demo.BASE, "train", {**subspace_demo.BASE["train"], "epochs": 1, "eval_every": 1,
+                                                      "save_every": 1})
+    lines = []
+    text = subspace_demo.demo_section(seeds=1, root=tmp_path, echo=lines.append)
+    for label in ("standard training", "line midpoint (BN recomputed)", "line endpoint α=0", "line endpoint α=1"):
+        assert f"| {label} |" in text
+    assert lines == [text]
