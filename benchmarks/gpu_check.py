@@ -195,8 +195,13 @@ def orchestrate(args) -> int:
         report["wall_s"] = round(time.perf_counter() - t_start, 1)
         (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
 
+    cuda_unusable = None
     for stage in STAGES:
         if stage not in wanted:
+            continue
+        if cuda_unusable:
+            report["stages"][stage] = {"status": "skipped", "reason": cuda_unusable}
+            print(f"=== {stage}: skipped ({cuda_unusable})", flush=True)
             continue
         left = budget(stage)
         print(f"\n=== gpu_check: stage {stage} (timeout {left:.0f} s; {deadline - time.perf_counter():.0f} s of "
@@ -208,6 +213,7 @@ def orchestrate(args) -> int:
             continue
         if stage == "tests":
             xml = out / "tests.xml"
+            xml.unlink(missing_ok=True)  # never read a stale file from an earlier run
             cmd = [python, "-m", "pytest", "tests/tract/test_cuda.py", "tests/tract/test_precision.py", "-k", "cuda",
                    "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--durations=5", f"--junitxml={xml}"]
             res = run_child(cmd, env, left, out / "logs" / "tests.log", "[tests] ")
@@ -223,6 +229,7 @@ def orchestrate(args) -> int:
                 share = left / (len(runs) - i)  # what is left, shared by the runs still to come
                 key = f"{args.device}_{'fp32' if amp == 'none' else amp}_x{scale}"
                 path = out / f"tract_overhead_{key}.json"
+                path.unlink(missing_ok=True)
                 if share < 8:
                     res["runs"][key] = {"status": "skipped", "reason": "no time left in --budget-s"}
                     continue
@@ -246,6 +253,7 @@ def orchestrate(args) -> int:
             res["summary"] = overhead_summary(res)
         else:
             path = out / f"{stage}.json"
+            path.unlink(missing_ok=True)
             res = run_child(child_cmd(python, stage, args), env, left, out / "logs" / f"{stage}.log", f"[{stage}] ")
             res["status"] = stage_status(res, path)
             if path.exists():
@@ -260,6 +268,8 @@ def orchestrate(args) -> int:
                     res["error"] = f"unreadable {path}: {e}"
         report["stages"][stage] = res
         print(f"=== {stage}: {res['status']} ({res.get('wall_s', 0):.0f} s)", flush=True)
+        if stage == "env" and args.device == "cuda" and res["status"] != "ok":
+            cuda_unusable = "the env stage found no usable CUDA device (see logs/env.log); nothing else can run"
         save()
 
     md = markdown(report)
@@ -353,10 +363,14 @@ def markdown(report: dict) -> str:
     out += ["| stage | status | wall s | note |", "|---|---|--:|---|"]
     for name, s in report["stages"].items():
         note = s.get("reason") or s.get("pytest_summary") or ""
-        if name == "overhead":
-            note = ", ".join(f"{k}: {v['status']}" for k, v in s.get("runs", {}).items())
+        if name == "overhead" and s.get("runs"):
+            note = ", ".join(f"{k}: {v['status']}" for k, v in s["runs"].items())
         if name in ("e2e", "runner") and s.get("result"):
             note = "; ".join(s["result"].get("notes", []))[:300]
+        if s["status"] not in ("ok", "skipped") and not note:  # the child's last words
+            lines = [ln.strip() for ln in s.get("log_tail", "").splitlines() if ln.strip()]
+            note = (lines[-1] if lines else "")[:300]
+        note = note.replace("|", "\\|").replace("\n", " ")
         out.append(f"| {name} | {s['status']} | {_f(s.get('wall_s'), '.0f')} | {note} |")
     for n in report.get("notes", []):
         out.append(f"\nNote: {n}")
