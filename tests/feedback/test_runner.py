@@ -74,6 +74,15 @@ def test_brsf_resamples_every_step(tmp_path):
     assert torch.equal(sd["fc1.feedback"], R)
 
 
+@pytest.mark.parametrize("method", [{"name": "dfa"}, {"name": "fa"}, {"name": "fa", "granularity": "block"}])
+def test_rules_under_bf16_autocast(tmp_path, method):
+    res = train(_cfg(tmp_path, "amp", method, model=RESMLP,
+                     train={"epochs": 1, "amp": "bf16", "progress": False, "plots": False, "tensorboard": False}))
+    sd = load_file(str(latest_checkpoint(res.run_dir / "checkpoints") / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+    assert res.summary["test_acc"][-1] > 0.3  # 4 classes: it learns something in one epoch
+
+
 @pytest.mark.parametrize("method,match", [
     ({"name": "fa", "placement": "post_ln"}, r"unknown key 'method.placement' for learning rule 'fa' "
                                            r"\('placement' is an option of 'dfa'\)"),

@@ -283,3 +283,21 @@ def test_non_reentrant_checkpointed_blocks_give_the_same_dfa_gradients(gen):
         blk.forward = lambda h, fwd=fwd: checkpoint(fwd, h, use_reentrant=False)
     x, y = _data(gen, shape=(5,))
     _assert_grads_equal(_param_grads(ck, x, y), _param_grads(model, x, y), tol=1e-13)
+
+
+def test_block_fa_match_branch_scales_b_to_the_branch_jacobian():
+    torch.manual_seed(0)
+    model = LinearStream(d=16, depth=2).double()
+    fb.convert(model, "fa", granularity="block", seed=0, feedback_init="match_branch")
+    for l, blk in enumerate(model.blocks):  # linear branch: J = W, so ‖B‖_F should be close to ‖W‖_F
+        ratio = float(getattr(model.credit, f"B_{l}").norm() / blk.weight.detach().norm())
+        assert 0.7 < ratio < 1.3, ratio
+    sd = model.state_dict()
+    assert "credit.scale_0" in sd
+    fresh = LinearStream(d=16, depth=2).double()
+    fb.convert(fresh, "fa", granularity="block", seed=0, feedback_init="match_branch")
+    fresh.load_state_dict(sd)
+    assert fb.verify_feedback(fresh, sd) == ["credit.B_0", "credit.B_1"]
+    vit = create_model("vit_mini", image_size=4, patch_size=2, dim=8, heads=2, depth=1, in_channels=1)
+    fb.convert(vit, "fa", granularity="block", feedback_init="match_branch")
+    assert float(vit.credit.scale_0) > 0

@@ -118,7 +118,7 @@ class FARule(_FeedbackRule):
         granularity: Optional[Literal["layer", "block"]] = None  # None: layer (compat=seed: block)
         skip: Optional[bool] = None  # block FA: keep the exact identity path (None: True; compat=seed: False)
         normalize: Optional[Literal["none", "rms_per_sample", "dim"]] = None  # block FA
-        feedback_init: Optional[Literal["kaiming_uniform", "normal"]] = None  # layer: kaiming_uniform; block: normal
+        feedback_init: Optional[Literal["kaiming_uniform", "normal", "match_branch"]] = None  # layer: kaiming_uniform
         feedback_scale: float = 1.0
         exclude: List[str] = field(default_factory=list)  # layer FA: modules left on exact BP (e.g. head)
         allow_functional: List[str] = field(default_factory=list)

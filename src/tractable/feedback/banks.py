@@ -16,7 +16,8 @@ Distributions (``scale`` = ``feedback_scale``):
 
 * ``kaiming_uniform`` (layer FA default, the init of ``nn.Linear``/``nn.Conv``): U(−s/√fan_in, s/√fan_in);
 * ``normal``: N(0, s²/fan) with fan = C (DFA, B ∈ ℝ^{C×d}) or d (block FA, B ∈ ℝ^{d×d}) or fan_in (layers);
-* ``uniform_dim`` (TinyDFA): U(−s, s)/√d with d the point's width.
+* ``uniform_dim`` (TinyDFA): U(−s, s)/√d with d the point's width;
+* ``match_branch`` (block FA): the ``normal`` draw times a per-block factor stored as ``credit.scale_<l>``.
 """
 from __future__ import annotations
 
@@ -168,12 +169,15 @@ class FeedbackModule(nn.Module):
         self._specs: Dict[str, object] = {}
 
     def register_feedback(self, key: str, shape: Sequence[int], name: str, init: str, fan: int,
-                          device=None, dtype=None) -> None:
+                          device=None, dtype=None, factor: Optional[str] = None) -> None:
+        """Draw and register ``key``; ``factor`` names a 0-d buffer that multiplies the draw (``match_branch``),
+        read again at regeneration so that a loaded checkpoint verifies."""
         shape = tuple(int(s) for s in shape)
         seed, scale = self._feedback_seed, self._feedback_scale
 
         def regen(shape=shape, name=name, init=init, fan=fan):
-            return draw(shape, seed=seed, name=name, init=init, scale=scale, fan=fan)
+            b = draw(shape, seed=seed, name=name, init=init, scale=scale, fan=fan)
+            return b if factor is None else b * self._buffers[factor].detach().to("cpu", torch.float32)
 
         self.register_buffer(key, regen().to(device=device, dtype=dtype), persistent=True)
         self._specs[key] = regen

@@ -6,24 +6,28 @@ evaluation protocol's reference code (never its bugs): block granularity without
 RMS normalisation, one matrix shared by the embed and the first block, N(0, 1/C) and N(0, 1/d) draws, and the
 channel-broadcast conv feedback. An option given explicitly always wins over the compat default.
 
-========================  ==================================================  ===========  ================
-option                    values                                              default      ``compat="seed"``
-========================  ==================================================  ===========  ================
-``granularity`` (FA)      ``layer``, ``block``                                ``layer``    ``block``
-``skip`` (block FA)       True, False (False drops the identity: *not* FA)    True         False
-``placement`` (DFA)       ``pre_ln``, ``post_ln``                             ``pre_ln``   ``pre_ln``
-``normalize``             ``none``, ``rms_per_sample``, ``dim``               ``none``     ``rms_per_sample``
-``share_b0`` (DFA)        False, True                                         False        True
-``feedback_init``         layer FA: ``kaiming_uniform``, ``normal``;          per method   ``normal``
-                          block FA: ``normal``; DFA: ``normal``,
-                          ``uniform_dim``
-``feedback_scale``        float > 0                                           1.0          1.0
-``train_head`` (DFA)      ``bp``, ``dfa``                                     ``bp``       ``bp``
-``token_feedback`` (DFA)  ``broadcast``, ``per_token``, ``per_token_error``   ``broadcast``  ``broadcast``
-``conv_feedback`` (DFA)   ``full``, ``channel_broadcast``                     ``full``     ``channel_broadcast``
-``exclude`` (layer FA)    qualified module names left to exact BP             ()           ()
-``allow_functional``      parameter names read functionally, acknowledged     ()           ()
-========================  ==================================================  ===========  ================
+=========================  ===================================================  =============  ===================
+option                     values                                               default        ``compat="seed"``
+=========================  ===================================================  =============  ===================
+``granularity`` (FA)       ``layer``, ``block``                                 ``layer``      ``block``
+``skip`` (block FA)        True, False (False drops the identity: *not* FA)     True           False
+``placement`` (DFA)        ``pre_ln``, ``post_ln``                              ``pre_ln``     ``pre_ln``
+``normalize``              ``none``, ``rms_per_sample``, ``dim``                ``none``       ``rms_per_sample``
+``share_b0`` (DFA)         False, True                                          False          True
+``feedback_init``          layer: ``kaiming_uniform``, ``normal``; block:       per method     ``normal``
+                           ``normal``, ``match_branch``; DFA: ``normal``,
+                           ``uniform_dim``
+``feedback_scale``         float > 0                                            1.0            1.0
+``train_head`` (DFA)       ``bp``, ``dfa``                                      ``bp``         ``bp``
+``token_feedback`` (DFA)   ``broadcast``, ``per_token``, ``per_token_error``    ``broadcast``  ``broadcast``
+``conv_feedback`` (DFA)    ``full``, ``channel_broadcast``                      ``full``       ``channel_broadcast``
+``exclude`` (layer FA)     qualified module names left to exact BP              ()             ()
+``allow_functional``       parameter names read functionally, acknowledged      ()             ()
+=========================  ===================================================  =============  ===================
+
+``match_branch`` (block FA) scales each B_l so that ‖B_l‖_F matches the per-position Frobenius norm of the
+block's Jacobian at initialisation (a Hutchinson estimate, times ``feedback_scale``): the size of B relative to
+the identity path is what decides how much of the exact signal survives.
 """
 from __future__ import annotations
 
@@ -48,7 +52,8 @@ OPTION_VALUES: Dict[str, Tuple[Any, ...]] = {
     "conv_feedback": ("full", "channel_broadcast"),
     "compat": (None, "seed"),
 }
-_INITS = {"layer": ("kaiming_uniform", "normal"), "block": ("normal",), "dfa": ("normal", "uniform_dim")}
+_INITS = {"layer": ("kaiming_uniform", "normal"), "block": ("normal", "match_branch"),
+          "dfa": ("normal", "uniform_dim")}
 _BOOLS = ("skip", "share_b0")
 
 

@@ -84,7 +84,12 @@ class StreamCredit(FeedbackModule):
         if self.kind == "block":
             for l in range(len(points) - 1):
                 d = points[l].dim
-                self.register_feedback(f"B_{l}", (d, d), f"block.{l}", opts.feedback_init, d, device, dtype)
+                factor = None
+                if opts.feedback_init == "match_branch":
+                    factor = f"scale_{l}"
+                    s = branch_jacobian_scale(model.blocks[l], points[l], opts.seed, l)
+                    self.register_buffer(factor, torch.tensor(s, dtype=torch.float32, device=device))
+                self.register_feedback(f"B_{l}", (d, d), f"block.{l}", "normal", d, device, dtype, factor)
         else:
             C = num_classes_of(model)
             self.num_classes = C
@@ -178,6 +183,34 @@ class StreamCredit(FeedbackModule):
         head_B = self._buffers.get("B_head")
         logits = DFAHub.apply(logits, spec, o.normalize, head_B, *points)
         return (logits, hiddens) if return_hidden else logits
+
+
+def branch_jacobian_scale(block: nn.Module, point, seed: int, l: int, samples: int = 8) -> float:
+    """s such that B ~ N(0, s²/d) (d × d) has ‖B‖_F ≈ the per-position ‖∂f/∂h‖_F of ``block`` at init.
+
+    Hutchinson estimate with reverse mode: ‖J‖_F² = E_u ‖Jᵀu‖² for u ~ N(0, I), on ``samples`` standard-normal
+    stream states of the point's shape (the block in eval mode, so BatchNorm statistics are untouched); the
+    sample's Jacobian is shared among its P positions, so s² = ‖J‖_F² / (P·d). Drawn from (seed, l).
+    """
+    from tractable.feedback.banks import stable_seed
+
+    gen = torch.Generator().manual_seed(stable_seed(seed, f"match_branch.{l}"))
+    p0 = next(iter(block.parameters()), None)
+    device = p0.device if p0 is not None else torch.device("cpu")
+    dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
+    shape = (samples,) + tuple(point.shape)
+    h = torch.randn(shape, generator=gen).to(device, dtype).requires_grad_(True)
+    u = torch.randn(shape, generator=gen).to(device, dtype)
+    was = block.training
+    block.eval()
+    try:
+        with torch.enable_grad():
+            (jtu,) = torch.autograd.grad(block(h), h, u)
+    finally:
+        block.train(was)
+    positions = max(1, int(math.prod(point.shape)) // point.dim)
+    sq = float(jtu.double().pow(2).sum()) / samples
+    return math.sqrt(sq / (positions * point.dim))
 
 
 def _device_of(model: nn.Module):
