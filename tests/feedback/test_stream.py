@@ -301,3 +301,39 @@ def test_block_fa_match_branch_scales_b_to_the_branch_jacobian():
     vit = create_model("vit_mini", image_size=4, patch_size=2, dim=8, heads=2, depth=1, in_channels=1)
     fb.convert(vit, "fa", granularity="block", feedback_init="match_branch")
     assert float(vit.credit.scale_0) > 0
+
+
+@pytest.mark.parametrize("name,kw,shape", [
+    ("vit_mini", dict(image_size=4, patch_size=2, dim=8, heads=2, depth=2, in_channels=1), (1, 4, 4)),
+    ("small_resnet_credit", dict(image_size=4, width=3, depth=2, in_channels=2), (2, 4, 4)),
+])
+def test_layer_fa_with_b_equal_w_on_protocol_models_is_backprop(name, kw, shape, gen):
+    model = create_model(name, num_classes=4, **kw).double()
+    ref = copy.deepcopy(model)
+    fb.convert(model, "fa", seed=0)
+    layers = fb.fa_layers(model)
+    assert len(layers) == sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in ref.modules())
+    x, y = _data(gen, n=3, shape=shape)
+    g_fa = _param_grads(model, x, y)
+    with torch.no_grad():
+        for _, m in layers:
+            m.feedback.copy_(m.weight)
+    assert any(not torch.allclose(g_fa[k], v) for k, v in _param_grads(model, x, y).items())
+    _assert_grads_equal(_param_grads(model, x, y), _param_grads(ref, x, y), tol=1e-11)
+
+
+def test_normgrad_and_bridge_normalisation_closed_form(gen):
+    for layout, shape, positions in [("vec", (4, 6), 1), ("tokens", (4, 3, 6), 3), ("map", (4, 6, 2, 2), 4)]:
+        h = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        g = torch.randn(shape, generator=gen, dtype=torch.float64)
+        (gh,) = torch.autograd.grad(fb.NormGrad.apply(h, layout, "rms_per_sample"), h, g)
+        rms = g.reshape(4, -1).pow(2).mean(1).sqrt().view((4,) + (1,) * (len(shape) - 1))
+        torch.testing.assert_close(gh, g / (rms + 1e-6) / (4 * positions))
+        (gh,) = torch.autograd.grad(fb.NormGrad.apply(h, layout, "dim"), h, g)
+        torch.testing.assert_close(gh, g / 6 ** 0.5)
+        f = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        B = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+        gf, gh = torch.autograd.grad(fb.FABridge.apply(f, h, B, layout, "none"), (f, h), g)
+        gB = torch.einsum("nc...,cd->nd...", g, B) if layout == "map" else g @ B
+        torch.testing.assert_close(gf, g)
+        torch.testing.assert_close(gh, gB)
