@@ -164,3 +164,14 @@ def test_crate_presets_validate():
     paper = preset_config("crate_imagenet_paper")
     assert (paper.optim.name, paper.optim.lr, paper.optim.weight_decay, paper.data.batch_size) == ("lion", 2.4e-4, 0.5, 2048)
     assert paper.train.label_smoothing == 0.1 and paper.schedule.warmup_epochs == 5
+
+
+def test_demo_section_runs_and_reports_sparsity(tmp_path, monkeypatch):
+    from tractable.experiments import crate_demo, demo
+
+    assert "tractable.experiments.crate_demo:crate_section" in demo.SECTIONS
+    monkeypatch.setattr(crate_demo, "EPOCHS", 1)
+    lines = []
+    md = crate_demo.crate_section(seeds=1, root=tmp_path, echo=lines.append)
+    assert md.startswith("### CRATE") and "| after 1 epochs |" in md and "exactly zero" in md
+    assert (tmp_path / "crate-digits-s0" / "summary.json").is_file()
