@@ -298,3 +298,27 @@ def test_bad_inputs(gen):
         M.perturbation_correlation(model, 1, h, h, y, num_directions=1)
     with pytest.raises(ValueError, match="signal shape"):
         M.nudging(model, 1, h, h[:, :3], y)
+
+
+@pytest.mark.parametrize("method,options", [("fa", {}), ("fa", {"granularity": "block"}), ("dfa", {}),
+                                            ("dfa", {"placement": "post_ln"})])
+def test_signals_of_the_feedback_methods(method, options, gen):
+    """Converted models: the reference is still exact BP (bp_mode switches the feedback off, finite differences
+    agree), while method_signals sees the method's own signal (not BP) even though layers run in eval mode."""
+    from tractable.feedback import convert
+
+    model = build("resmlp")
+    plain = build("resmlp")
+    convert(model, method, seed=3, **options)
+    x, y = batch(model, 6, gen)
+    model.train()
+    ref = M.bp_reference(model, x, y)
+    ref_plain = M.bp_reference(plain, x, y)
+    for a, b in zip(ref.grads, ref_plain.grads):
+        torch.testing.assert_close(a, b)
+    sig = M.method_signals(model, x, y)
+    assert model.training and all(m.training for m in model.modules())
+    cos = M.point_cosines(sig, ref.grads)
+    assert cos[0]["mean"] < 0.99  # the embed's signal is not the BP gradient under any of these methods
+    if method == "fa" and options.get("granularity") == "block":
+        assert abs(cos[-1]["mean"] - 1) < 1e-6  # the top point receives the head's exact gradient

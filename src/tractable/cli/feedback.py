@@ -7,7 +7,7 @@ AUDIT_EXAMPLES = """examples:
   tractable fa-audit --quick                               # minutes on a CPU: bundled digits, small models, offline
   tractable fa-audit --quick --archs resmlp --methods bp dfa_seed dfa_post_ln --no-penalty
   tractable fa-audit --dataset fashion_mnist --archs resmlp --epochs 20 --out runs/fa-fmnist
-  tractable fa-audit --dataset cifar10 --data-dir ~/data --gpu 0 --out runs/fa-cifar10   # the full audit
+  tractable fa-audit --dataset cifar10 --data-dir ~/data --download --gpu 0 --out runs/fa-cifar10  # full audit
   tractable fa-audit --out runs/fa-cifar10 ...same flags...  # after an interruption: finishes what is missing
 
 methods: bp, fa_seed (the reference code's block feedback without identity, RMS), fa_block (block FA with the
@@ -50,6 +50,8 @@ def _cmd_audit(args) -> int:
         "penalty_lambdas": args.lambdas, "penalty_epochs": args.penalty_epochs, "null_redraws": args.null_redraws,
         "device": device, "diag_samples": args.diag_samples,
     }.items() if v is not None}
+    if args.download:
+        given["download"] = True
     if args.no_baselines:
         given["baselines"] = False
     if args.no_penalty:
@@ -80,6 +82,7 @@ def add_commands(sub) -> None:
                    help="audit directory (default: a new runs/fa-audit-<time>); reuse it to resume")
     a.add_argument("--dataset", default=None, help="registered dataset (default cifar10; --quick: digits)")
     a.add_argument("--data-dir", default=None, help="dataset root (see `tractable list datasets`)")
+    a.add_argument("--download", action="store_true", help="download a missing dataset (CIFAR, MNIST, ...)")
     a.add_argument("--archs", nargs="+", default=None, metavar="ARCH", help="default: resmlp vit_mini resnet")
     a.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="default: every method whose runner rule exists (named here: all must exist)")

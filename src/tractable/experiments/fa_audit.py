@@ -92,6 +92,7 @@ class AuditConfig:
     out: str
     dataset: str = "cifar10"
     data_root: Optional[str] = None
+    download: bool = False  # let the dataset reader download a missing dataset (CIFAR, MNIST, Fashion-MNIST)
     archs: List[str] = field(default_factory=lambda: ["resmlp", "vit_mini", "resnet"])
     methods: List[str] = field(default_factory=lambda: list(METHODS))
     seeds: List[int] = field(default_factory=lambda: list(SEED_DEFAULT))
@@ -160,7 +161,7 @@ class AuditConfig:
         """The settings that change a run's result (a reused ``--out`` must agree on them)."""
         d = dataclasses.asdict(self)
         for k in ("out", "archs", "methods", "seeds", "baselines", "penalty", "penalty_lambdas", "strict_methods",
-                  "null_redraws", "device", "data_root"):
+                  "null_redraws", "device", "data_root", "download"):
             d.pop(k)
         return d
 
@@ -381,8 +382,8 @@ def _shape_kwargs(test, model_name: str) -> Dict[str, Any]:
 def _load_data(cfg: AuditConfig):
     from tractable.data import load_dataset
 
-    train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
-    test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
+    train = load_dataset(cfg.dataset, "train", root=cfg.data_root, download=cfg.download)
+    test = load_dataset(cfg.dataset, "test", root=cfg.data_root, download=cfg.download)
     if cfg.test_subset is not None:
         if cfg.test_subset > len(test):
             raise ValueError(f"fa-audit: test_subset={cfg.test_subset} is larger than the test set ({len(test)})")

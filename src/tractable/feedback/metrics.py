@@ -138,10 +138,13 @@ def model_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def _signal_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for every layer (BatchNorm running statistics, no dropout) but ``training=True`` on the model
-    itself and its ``credit`` wiring, so that the method's backward wiring is active on a deterministic forward."""
+    """Eval mode for every ordinary layer (BatchNorm running statistics, no dropout) but ``training=True`` on the
+    modules that inject feedback — those declaring ``_bp_mode`` (the protocol model itself, feedback layers, DFA
+    hubs) and the model's ``credit`` wiring — so that the method's backward is active on a deterministic forward."""
     with model_mode(model, training=False):
-        model.training = True
+        for m in model.modules():
+            if hasattr(m, "_bp_mode"):
+                m.training = True
         wiring = getattr(model, "_modules", {}).get("credit")
         if wiring is not None:
             for m in wiring.modules():
