@@ -15,7 +15,8 @@ from typing import List, Optional
 
 
 #: modules with ``add_commands(subparsers)`` adding a method family's commands (one module per family)
-COMMAND_MODULES = ("tractable.cli.feedback", "tractable.cli.subspace", "tractable.cli.crate")
+COMMAND_MODULES = ("tractable.cli.feedback", "tractable.cli.subspace", "tractable.cli.crate",
+                   "tractable.cli.diffusion")
 
 
 def _cmd_demo(args) -> int:

@@ -23,9 +23,22 @@ import torch.nn.functional as F
 from tractable.train.distributed import all_reduce_sum
 from tractable.train.registry import ClassRegistry
 
-__all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks"]
+__all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks", "TASK_MODULES"]
 
 _TASKS = ClassRegistry("task", "task", lambda: Task)
+
+#: modules that register further tasks (one per family), imported the first time the registry is read
+TASK_MODULES: List[str] = ["tractable.train.diffusion_task"]
+_loaded: List[str] = []
+
+
+def _load_task_modules() -> None:
+    import importlib
+
+    for name in TASK_MODULES:
+        if name not in _loaded:
+            _loaded.append(name)
+            importlib.import_module(name)
 
 
 def register_task(name: str) -> Callable[[type], type]:
@@ -34,11 +47,13 @@ def register_task(name: str) -> Callable[[type], type]:
 
 
 def list_tasks() -> List[str]:
+    _load_task_modules()
     return _TASKS.names()
 
 
 def build_task(cfg) -> "Task":
     """The task named ``cfg.task``, built from the whole :class:`~tractable.train.config.RunConfig`."""
+    _load_task_modules()
     return _TASKS.get(cfg.task).from_config(cfg)
 
 
@@ -56,6 +71,10 @@ class Task:
 
     def loss(self, model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def hooks(self) -> list:
+        """Hooks the loop runs after the learning rule's (e.g. to hand the task per-step generators)."""
+        return []
 
     @staticmethod
     def batch_size(batch) -> int:

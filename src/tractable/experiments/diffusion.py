@@ -1,0 +1,346 @@
+"""Diffusion runs after training: load a run's checkpoint, sample image grids, FID over checkpoints.
+
+* :func:`load_run` — the model of a ``task=diffusion`` run at a checkpoint (EMA weights when the run kept an EMA),
+  its :class:`~tractable.diffusion.GaussianDiffusion` and dataset description.
+* :func:`sample` — DDIM or DDPM samples in the data's standardised space (x̂₀ clipped to the pixel range [0, 1]
+  mapped through the normalisation); :func:`save_grid` writes them as a PNG grid in pixel space.
+* :func:`fid_over_checkpoints` — the Fréchet distance between generated samples and the training images at every
+  checkpoint of several runs; JSON + a plot of FID vs steps side by side (runs with the same label, e.g. the
+  same model and method over seeds, are averaged with ± std).
+
+Features (``features=``): ``"classifier"`` (default, offline) — the penultimate layer of a ``small_cnn``
+classifier trained here on the same dataset (seeded, cached as ``fid_classifier-<dataset>-s<seed>.safetensors``
+in the cache directory) — a *relative* measure for comparing runs on that dataset, **not comparable to
+Inception-FID**; ``"inception"`` — real FID with Inception-v3 (needs ``torchmetrics`` + ``torch-fidelity`` and the
+FID weights).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import yaml
+
+from tractable.diffusion import (
+    ClassifierFeatures,
+    InceptionFeatures,
+    denormalize,
+    extract_features,
+    feature_stats,
+    frechet_distance_from_stats,
+)
+
+__all__ = ["load_run", "sample", "save_grid", "pixel_clip", "dataset_images", "train_fid_classifier",
+           "fid_over_checkpoints", "plot_fid", "checkpoint_steps"]
+
+
+def _cfg(run_dir: Path):
+    from tractable.train.config import config_from_dict
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = config_from_dict(yaml.safe_load(path.read_text()))
+    if cfg.task != "diffusion":
+        raise ValueError(f"{run_dir}: task is {cfg.task!r}, not 'diffusion'")
+    return cfg
+
+
+def checkpoint_steps(run_dir: Union[str, Path]) -> List[Tuple[int, Path]]:
+    """(step, checkpoint directory) of every complete checkpoint of a run, oldest first."""
+    from tractable.train.checkpoint import list_checkpoints
+
+    out = []
+    for p in list_checkpoints(Path(run_dir) / "checkpoints"):
+        out.append((int(p.name.split("_")[-1]), p))
+    return out
+
+
+def load_run(run_dir: Union[str, Path], checkpoint: Union[None, int, str, Path] = None, *, ema: bool = True,
+             device="cpu"):
+    """``(model, diffusion, info, cfg)`` of a diffusion run at ``checkpoint`` (None: latest; an int: that step; a
+    path: that directory). ``ema``: use the EMA weights when the run has them."""
+    from tractable.models import create_model, model_defaults
+    from tractable.train.checkpoint import latest_checkpoint
+    from tractable.train.diffusion_task import DiffusionTask
+    from tractable.train.loaders import build_dataset, model_shape_kwargs
+
+    run_dir = Path(run_dir)
+    cfg = _cfg(run_dir)
+    if checkpoint is None:
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint yet")
+    elif isinstance(checkpoint, int):
+        found = dict(checkpoint_steps(run_dir))
+        if checkpoint not in found:
+            raise ValueError(f"{run_dir}: no checkpoint at step {checkpoint}; available: {sorted(found)}")
+        ckpt = found[checkpoint]
+    else:
+        ckpt = Path(checkpoint)
+    info = build_dataset(cfg.data, "test").info
+    kw = model_shape_kwargs(info, model_defaults(cfg.model.name))
+    kw.update(dict(cfg.model.kwargs))
+    model = create_model(cfg.model.name, **kw)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    if ema and state.get("ema") is not None:
+        model.load_state_dict(state["ema"]["module"])
+    else:
+        from tractable.train.checkpoint import load_weights
+
+        load_weights(ckpt, model)
+    model.to(device).eval()
+    diffusion = DiffusionTask.options_from_dict(cfg.task_kwargs)
+    from tractable.diffusion import GaussianDiffusion
+
+    diffusion = GaussianDiffusion(diffusion.num_timesteps, diffusion.schedule, diffusion.prediction)
+    return model, diffusion, info, cfg
+
+
+def pixel_clip(info) -> Tuple[List[float], List[float]]:
+    """Per-channel bounds of pixel values [0, 1] in the standardised space."""
+    return ([-m / s for m, s in zip(info.mean, info.std)], [(1 - m) / s for m, s in zip(info.mean, info.std)])
+
+
+@torch.no_grad()
+def sample(model, diffusion, info, n: int, *, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+           seed: int = 0, labels: Optional[torch.Tensor] = None, guidance: float = 1.0, batch_size: int = 500,
+           device="cpu") -> torch.Tensor:
+    """``n`` samples (standardised space, CPU float32). Class-conditional models get ``labels`` (default: 0, 1, …
+    cycling over the classes)."""
+    from tractable.diffusion import ddim_sample, ddpm_sample
+
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"sampler: must be 'ddim' or 'ddpm', got {sampler!r}")
+    if n < 1:
+        raise ValueError(f"n: must be >= 1, got {n}")
+    g = torch.Generator().manual_seed(int(seed))
+    cond_model = getattr(model, "class_cond", False)
+    if cond_model and labels is None:
+        labels = torch.arange(n) % info.num_classes
+    out = []
+    clip = pixel_clip(info)
+    for i in range(0, n, batch_size):
+        m = min(batch_size, n - i)
+        shape = (m, *info.shape)
+        cond = labels[i:i + m].to(device) if cond_model else None
+        if sampler == "ddim":
+            x = ddim_sample(model, shape, steps=steps, eta=eta, generator=g, cond=cond, diffusion=diffusion,
+                            guidance=guidance, clip=clip, device=device)
+        else:
+            x = ddpm_sample(model, shape, steps=steps, generator=g, cond=cond, diffusion=diffusion,
+                            guidance=guidance, clip=clip, device=device)
+        out.append(x.float().cpu())
+    return torch.cat(out)
+
+
+def save_grid(images: torch.Tensor, info, path: Union[str, Path], nrow: Optional[int] = None) -> Path:
+    """Standardised images → pixel space → one PNG grid (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: F401
+    except ImportError as e:
+        raise ImportError("sample grids need matplotlib: pip install 'tractable[plot]'") from e
+    import numpy as np
+
+    x = denormalize(images, info.mean, info.std).clamp(0, 1)
+    n, c, h, w = x.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / nrow))
+    pad = 1
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for k in range(n):
+        r, q = divmod(k, nrow)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[k]
+    arr = grid.permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scale = max(1, 256 // max(arr.shape[0], 1))
+    arr = np.kron(arr, np.ones((scale, scale, 1)))  # nearest-neighbour upscaling for small images
+    import matplotlib.pyplot as plt
+
+    if c == 1:
+        plt.imsave(path, arr[:, :, 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        plt.imsave(path, np.clip(arr, 0, 1))
+    return path
+
+
+def dataset_images(cfg, split: str = "train") -> Tuple[torch.Tensor, torch.Tensor, object]:
+    """(standardised images, labels, info) of a run's dataset split."""
+    from tractable.data import to_float
+    from tractable.data.convert import normalize
+    from tractable.train.loaders import build_dataset
+
+    ds = build_dataset(cfg.data, split)
+    if not hasattr(ds, "x"):
+        raise ValueError(f"dataset {cfg.data.name!r} is streamed; FID here needs an in-memory dataset")
+    x = normalize(to_float(ds.x), ds.info.mean, ds.info.std)
+    return x, ds.y, ds.info
+
+
+def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Union[str, Path, None] = None,
+                         echo: Callable[[str], None] = print) -> nn.Module:
+    """A ``small_cnn`` trained (Adam, batch 64) on the run's training split, for :class:`ClassifierFeatures`;
+    cached by dataset name, image shape and seed."""
+    from safetensors.torch import load_file, save_file
+
+    from tractable.models import create_model
+
+    x, y, info = dataset_images(cfg, "train")
+    model = create_model("small_cnn", num_classes=info.num_classes, in_channels=info.shape[0],
+                         image_size=info.shape[1])
+    path = None
+    if cache_dir is not None:
+        shape = "x".join(map(str, info.shape))
+        path = Path(cache_dir) / f"fid_classifier-{info.name}-{shape}-n{len(x)}-s{seed}.safetensors"
+        if path.is_file():
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    xt, yt, _ = dataset_images(cfg, "test")
+    with torch.no_grad():
+        acc = (model(xt).argmax(1) == yt).float().mean().item()
+    echo(f"FID feature classifier (small_cnn, {epochs} epochs): test accuracy {100 * acc:.1f}%")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(model.state_dict(), str(path))
+    return model
+
+
+def _label(cfg) -> str:
+    return f"{cfg.model.name} {cfg.method.name}"
+
+
+def fid_over_checkpoints(run_dirs: Sequence[Union[str, Path]], *, n: int = 1000, steps: int = 50,
+                         sampler: str = "ddim", features: str = "classifier", seed: int = 0, ema: bool = True,
+                         out: Union[str, Path, None] = None, every: int = 1,
+                         echo: Callable[[str], None] = print) -> Dict[str, object]:
+    """FID (see the module docstring) at every ``every``-th checkpoint of each run, against the training split.
+
+    Returns ``{"runs": {run_dir: {"label", "steps", "fid"}}, "features": ..., ...}`` and, with ``out``, writes
+    ``out/fid.json``, ``out/fid.md`` and ``out/fid.png``.
+    """
+    if features not in ("classifier", "inception"):
+        raise ValueError(f"features: must be 'classifier' or 'inception', got {features!r}")
+    if not run_dirs:
+        raise ValueError("fid: give at least one run directory")
+    results: Dict[str, object] = {"features": features, "n": n, "steps": steps, "sampler": sampler, "ema": ema,
+                                  "seed": seed, "runs": {}}
+    refs: Dict[str, object] = {}
+    for run_dir in map(Path, run_dirs):
+        cfg = _cfg(run_dir)
+        key = json.dumps([cfg.data.name, cfg.data.subset, cfg.data.mean, cfg.data.std, dict(cfg.data.kwargs)])
+        if key not in refs:
+            x, _, info = dataset_images(cfg, "train")
+            if features == "classifier":
+                cache = Path(out) if out is not None else run_dir.parent
+                extractor = ClassifierFeatures(train_fid_classifier(cfg, seed=seed, cache_dir=cache, echo=echo))
+                prep = lambda im: im  # noqa: E731  (the classifier sees standardised images)
+            else:
+                extractor = InceptionFeatures()
+                prep = lambda im, _i=info: denormalize(im, _i.mean, _i.std)  # noqa: E731
+            refs[key] = (extractor, prep, feature_stats(extract_features(extractor, prep(x))))
+        extractor, prep, (mu_r, sig_r) = refs[key]
+        ckpts = checkpoint_steps(run_dir)[::-1][::every][::-1]  # always includes the last one
+        entry = {"label": _label(cfg), "seed": cfg.train.seed, "steps": [], "fid": []}
+        for step, ckpt in ckpts:
+            t0 = time.perf_counter()
+            model, diffusion, info, _ = load_run(run_dir, ckpt, ema=ema)
+            imgs = sample(model, diffusion, info, n, steps=steps, sampler=sampler, seed=seed)
+            mu, sig = feature_stats(extract_features(extractor, prep(imgs)))
+            fid = frechet_distance_from_stats(mu, sig, mu_r, sig_r)
+            entry["steps"].append(step)
+            entry["fid"].append(fid)
+            echo(f"{run_dir.name} step {step}: FID {fid:.4g} ({time.perf_counter() - t0:.1f} s)")
+        results["runs"][str(run_dir)] = entry
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "fid.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "fid.md").write_text(fid_table(results))
+        try:
+            plot_fid(results, out / "fid.png")
+        except ImportError as e:
+            echo(f"(no plot: {e})")
+    return results
+
+
+def _group(results) -> Dict[str, Dict[int, List[float]]]:
+    groups: Dict[str, Dict[int, List[float]]] = {}
+    for entry in results["runs"].values():
+        g = groups.setdefault(entry["label"], {})
+        for s, f in zip(entry["steps"], entry["fid"]):
+            g.setdefault(s, []).append(f)
+    return groups
+
+
+def _mean_std(v: List[float]) -> Tuple[float, float]:
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((a - m) ** 2 for a in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return m, sd
+
+
+def fid_table(results) -> str:
+    """Markdown: one row per label (runs averaged), one column per checkpoint step, mean ± std (n seeds)."""
+    groups = _group(results)
+    steps = sorted({s for g in groups.values() for s in g})
+    lines = ["| run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for label, g in groups.items():
+        cells = []
+        for s in steps:
+            if s in g:
+                m, sd = _mean_std(g[s])
+                cells.append(f"{m:.3g} ± {sd:.2g} ({len(g[s])})" if len(g[s]) > 1 else f"{m:.3g}")
+            else:
+                cells.append("")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fid(results, path: Union[str, Path]) -> Path:
+    """FID vs training steps, one line per label (mean over runs, ± std band)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'tractable[plot]'") from e
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, g in _group(results).items():
+        steps = sorted(g)
+        ms = [_mean_std(g[s]) for s in steps]
+        m = [a for a, _ in ms]
+        sd = [b for _, b in ms]
+        line, = ax.plot(steps, m, marker="o", label=label, linestyle="--" if "tract" in label else "-")
+        ax.fill_between(steps, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("training steps")
+    ax.set_ylabel(f"FID ({results['features']} features)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,134 @@
+"""The ``diffusion`` task in the runner: options validated like config keys, a run with TrAct, kill -9 + resume
+bit-identical, and a 2-rank gloo DDP smoke run (reusing the machinery of test_resume / test_distributed)."""
+import json
+import signal
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from tests.train.test_distributed import _free_port, _worker
+from tests.train.test_resume import _records, _run
+from tractable.train import ConfigError, config_from_dict, config_to_dict, latest_checkpoint, save_config, train
+from tractable.train.task import list_tasks
+
+
+def diffusion_dict(tmp_path, name="run", model="dit_tiny_2", method=None, **train_kw):
+    return {
+        "task": "diffusion",
+        "task_kwargs": {"num_timesteps": 100, "prediction": "x0"},
+        "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 64, "subset": 160, "test_subset": 64},
+        "model": {"name": model},
+        "method": method or {"name": "tract", "l": 0.1},
+        "optim": {"name": "adamw", "lr": 1e-3},
+        "train": {"epochs": 2, "progress": False, "plots": False, "tensorboard": False, "log_every": 1,
+                  "device": "cpu", **train_kw},
+        "out_dir": str(tmp_path),
+        "name": name,
+    }
+
+
+def test_registered_and_options_validated(tmp_path):
+    assert "diffusion" in list_tasks()
+    cfg = config_from_dict(diffusion_dict(tmp_path))
+    assert config_to_dict(cfg)["task_kwargs"] == {"num_timesteps": 100, "prediction": "x0"}
+    for bad, match in (({"schedule": "sigmoid"}, "task_kwargs.schedule.*'cosine', 'linear'"),
+                       ({"prediction": "score"}, "task_kwargs.prediction"),
+                       ({"gamma": -1.0}, "task_kwargs.gamma"),
+                       ({"steps": 3}, "unknown key 'task_kwargs.steps'")):
+        d = diffusion_dict(tmp_path, name=f"bad{len(match)}")
+        d["task_kwargs"] = bad
+        with pytest.raises(ConfigError, match=match):
+            train(config_from_dict(d))
+        assert not (tmp_path / f"bad{len(match)}").exists()  # nothing written
+
+
+@pytest.mark.parametrize("model", ["dit_tiny_2", "mdit_tiny", "unet_tiny"])
+def test_trains_with_tract_and_is_reproducible(tmp_path, model):
+    a = train(config_from_dict(diffusion_dict(tmp_path, "a", model, ema=0.9)))
+    b = train(config_from_dict(diffusion_dict(tmp_path, "b", model, ema=0.9)))
+    assert a.summary["method"].startswith("tract(") and a.summary["steps"] == 10
+    assert a.summary["final_test_loss"] == b.summary["final_test_loss"]
+    assert "ema_test_loss" in a.summary
+    wa, wb = (load_file(str(latest_checkpoint(r.run_dir / "checkpoints") / "model.safetensors")) for r in (a, b))
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_eval_loss_uses_fixed_noise(tmp_path):
+    from tractable.train.diffusion_task import DiffusionTask
+
+    task = DiffusionTask()
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    loader = [(torch.randn(8, 1, 4, 4), torch.zeros(8, dtype=torch.long))]
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x, t, y=None):
+            return self.m(x)
+
+    m = M()
+    first = task.evaluate(m, loader)
+    assert first == task.evaluate(m, loader)
+    task.generator = torch.Generator().manual_seed(123)  # a training generator is restored after evaluation
+    task.evaluate(m, loader)
+    assert task.generator.initial_seed() == 123
+
+
+def test_sigkill_and_resume_is_bitwise(tmp_path):
+    kw = dict(epochs=4, save_every_steps=3, ema=0.9, keep_checkpoints=2, log_every=1)
+    ref_cfg, run_cfg, resume_cfg = tmp_path / "ref.yaml", tmp_path / "run.yaml", tmp_path / "resume.yaml"
+    save_config(config_from_dict(diffusion_dict(tmp_path, "ref", **kw)), ref_cfg)
+    save_config(config_from_dict(diffusion_dict(tmp_path, "run", **kw)), run_cfg)
+    d = diffusion_dict(tmp_path, "run", **kw)
+    d["resume"] = True
+    save_config(config_from_dict(d), resume_cfg)
+
+    ref = _run(ref_cfg, 0)
+    victim = _run(run_cfg, 0.1)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:
+        ck = latest_checkpoint(ckpt_dir)
+        if ck is not None and int(ck.name.split("_")[1]) % 5:  # mid-epoch (5 steps per epoch)
+            break
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+    resumed = _run(resume_cfg, 0)
+    out_r, _ = resumed.communicate(timeout=300)
+    out_ref, _ = ref.communicate(timeout=300)
+    assert resumed.returncode == 0, out_r.decode()
+    assert ref.returncode == 0, out_ref.decode()
+    last_ref, last_run = latest_checkpoint(tmp_path / "ref" / "checkpoints"), latest_checkpoint(ckpt_dir)
+    assert last_run.name == "step_00000020"
+    w_ref, w_run = load_file(str(last_ref / "model.safetensors")), load_file(str(last_run / "model.safetensors"))
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_run[k]), k
+    e_ref = torch.load(last_ref / "state.pt", weights_only=True)["ema"]["module"]
+    e_run = torch.load(last_run / "state.pt", weights_only=True)["ema"]["module"]
+    for k in e_ref:
+        assert torch.equal(e_ref[k], e_run[k]), k
+    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+
+
+@pytest.mark.distributed
+def test_ddp_two_ranks_smoke(tmp_path):
+    d = diffusion_dict(tmp_path, "ddp", method={"name": "tract", "l": 0.1, "exact": True}, grad_accum=2)
+    mp.spawn(_worker, args=(2, _free_port(), [d]), nprocs=2, join=True)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 10
+    steps = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in steps if r["kind"] == "step"]
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    w = load_file(str(latest_checkpoint(tmp_path / "ddp" / "checkpoints") / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
