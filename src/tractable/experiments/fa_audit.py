@@ -41,7 +41,6 @@ raise an error instead).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -436,8 +435,8 @@ def run_one(cfg: AuditConfig, spec: RunSpec, runs_dir: Path, train_data, test_da
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
     tmp.replace(result_path)
-    echo(f"  {spec.id}: test acc {result['test_acc']:.4f}, D1 {report['diagnostics']['D1_scale_growth']['max_growth']:.3g}x"
-         f" ({result['time_s']:.1f} s)")
+    d1 = report["diagnostics"]["D1_scale_growth"]["max_growth"]
+    echo(f"  {spec.id}: test acc {result['test_acc']:.4f}, D1 {d1:.3g}x ({result['time_s']:.1f} s)")
     return result
 
 
@@ -594,7 +593,8 @@ def _g(v) -> str:
     if not vals:
         return "–"
     vals = sorted(vals)
-    return f"{vals[len(vals) // 2]:.3g}" if len(vals) == 1 else f"{vals[len(vals) // 2]:.3g} ({vals[0]:.3g}–{vals[-1]:.3g})"
+    mid = vals[len(vals) // 2]
+    return f"{mid:.3g}" if len(vals) == 1 else f"{mid:.3g} ({vals[0]:.3g}–{vals[-1]:.3g})"
 
 
 def _markdown(cfg: AuditConfig, s: Dict[str, Any]) -> str:
@@ -622,7 +622,8 @@ def _markdown(cfg: AuditConfig, s: Dict[str, Any]) -> str:
         v = r["verdicts"]
         lines.append(
             f"| {r['arch']} | {r['method']} | {r['mode']} | {_fmt_acc(r['acc'])} | {_fmt_acc(r['frozen_seed'] or [])} "
-            f"| {_fmt_acc(r['frozen_matched'] or [])} | {_fmt_acc(r['shallow'] or [])} | {_fmt_acc(r['head_only'] or [])} "
+            f"| {_fmt_acc(r['frozen_matched'] or [])} | {_fmt_acc(r['shallow'] or [])} "
+            f"| {_fmt_acc(r['head_only'] or [])} "
             f"| {_g(r['d1_seed'])} | {_g(r['d1_corrected'])} | {_g(r['d2_seed_gL'])} "
             f"| {'fires' if any(r['d2_corrected_fires']) else 'ok'} | {_g(r['gL_hL'])} "
             f"| {_g([100 * x for x in d3s]) if d3s else '–'} | {d3c} "

@@ -299,7 +299,8 @@ class FAProtocol:
                     rho.append(float("nan"))
                     nudge.append({"mean_delta": float("nan"), "frac_decrease": float("nan")})
                     continue
-                rho.append(M.perturbation_correlation(model, k, h[:n], a[:n], yd[:n], num_directions=self.rho_directions,
+                rho.append(M.perturbation_correlation(model, k, h[:n], a[:n], yd[:n],
+                                                      num_directions=self.rho_directions,
                                                       loss_fn=self._loss("none"), generator=gen))
                 nudge.append(M.nudging(model, k, h[:n], a[:n], yd[:n], loss_fn=self._loss("none")))
             credit["rho"], credit["nudging"] = rho, nudge
@@ -431,8 +432,10 @@ def format_report(r: Mapping[str, Any]) -> str:
     fire = lambda b: "n/a" if b is None else ("FIRE" if b else "pass")  # noqa: E731
     lines = [
         f"Verdict ({r['verdict_rule']} rule, corrected definitions): {r['verdict']}",
-        f"  rule 'any'    (FAIL if any flag):       seed-compatible {v['seed']['any']:<16} corrected {v['corrected']['any']}",
-        f"  rule 'readme' (FAIL if D1&D2, or D3):   seed-compatible {v['seed']['readme']:<16} corrected {v['corrected']['readme']}",
+        f"  rule 'any'    (FAIL if any flag):       seed-compatible {v['seed']['any']:<16} "
+        f"corrected {v['corrected']['any']}",
+        f"  rule 'readme' (FAIL if D1&D2, or D3):   seed-compatible {v['seed']['readme']:<16} "
+        f"corrected {v['corrected']['readme']}",
         f"Test accuracy: {r['test_acc']:.4f} (n = {r['n_test']})",
         f"D1 scale stability   seed: max growth {d1['max_growth']:.3g}x per block {vec(d1['per_block_growth'])} "
         f"(CLS/spatial-mean pooling, {d1['samples']} samples; threshold {d1['threshold']:g}x) -> {fire(d1['fires'])}",
@@ -458,7 +461,8 @@ def format_report(r: Mapping[str, Any]) -> str:
         lines.append("                     corrected: not evaluated (no method-matched frozen baseline) -> INCOMPLETE")
     else:
         lines.append(f"                     corrected: mean margin {100 * c3['margin']:+.1f} pp over method-matched "
-                     f"frozen ({c3['n_seeds']} seed(s)), 95% CI [{100 * c3['ci'][0]:+.1f}, {100 * c3['ci'][1]:+.1f}] pp "
+                     f"frozen ({c3['n_seeds']} seed(s)), 95% CI [{100 * c3['ci'][0]:+.1f}, "
+                     f"{100 * c3['ci'][1]:+.1f}] pp "
                      f"-> {c3['status'].upper()} ({c3['note']})")
     for name, o in c3["other_baselines"].items():
         lines.append(f"                     vs {name}: {o['acc_mean']:.4f} (margin {100 * o['margin']:+.1f} pp)")
