@@ -222,6 +222,17 @@ def test_regularizer_matches_float64_concatenation():
     assert line.regularizer(0.5).item() == pytest.approx(0.5, rel=1e-6)
 
 
+def test_cos2_backward_matches_autograd_in_float64():
+    from tractable.subspace.convert import _Cos2
+
+    g = torch.Generator().manual_seed(0)
+    ts_ = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((3, 4), (5,), (3, 4), (5,))]
+    assert torch.autograd.gradcheck(lambda *t: _Cos2.apply(2, *t), ts_)
+    a = torch.cat([ts_[0].flatten(), ts_[1]])
+    b = torch.cat([ts_[2].flatten(), ts_[3]])
+    assert torch.allclose(_Cos2.apply(2, *ts_), (a @ b) ** 2 / ((a @ a) * (b @ b)))
+
+
 def test_layerwise_draws_are_per_module_and_shared_within_a_module():
     model, sub = _make(kind="line", layerwise=True)
     c = sub.sample(torch.Generator().manual_seed(0))
