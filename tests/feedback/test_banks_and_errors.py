@@ -160,3 +160,15 @@ def test_sequential_mlp_dfa_keeps_layers_and_keys():
     assert set(net.state_dict()) == keys | {"credit.B_1"}
     out = net(torch.randn(5, 4))
     assert out.shape == (5, 3)
+
+
+def test_deepcopy_of_a_chain_dfa_model_has_its_own_wiring():
+    import copy
+
+    m = MLP(6, num_classes=3, hidden=(5, 4))
+    fb.convert(m, "dfa")
+    c = copy.deepcopy(m)  # e.g. the runner's EMA copy
+    hooks = list(c._forward_pre_hooks.values()) + list(c.body[1]._forward_pre_hooks.values())
+    assert hooks and all(h.__self__ is c.credit for h in hooks) and c.credit is not m.credit
+    F.cross_entropy(c(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
+    assert all(p.grad is not None for p in c.parameters()) and all(p.grad is None for p in m.parameters())
