@@ -342,3 +342,16 @@ def test_bad_inputs_are_clear_errors(gen):
         tiny(eta=-1.0)
     with pytest.raises(ValueError, match="ista_impl"):
         tiny(ista_impl="slow")
+
+
+@pytest.mark.parametrize("ista_impl", ["fused", "reference"])
+def test_bf16_autocast_forward_backward(gen, ista_impl):
+    m = tiny(ista_impl=ista_impl)
+    x = torch.randn(2, 3, 16, 16, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        f = m.forward_features(x, taps=("out", "attn"))
+    out.float().square().sum().backward()
+    assert out.shape == (2, 5) and all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert all((o >= 0).all() for o in f["out"])
+    torch.testing.assert_close(out.float(), m(x), rtol=0.1, atol=0.1)
