@@ -116,11 +116,13 @@ def test_fa_on_multihead_attention_model_fails_at_start(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- DDP (2 ranks)
-DDP_METHODS = {
-    "dfa": {"name": "dfa"},
-    "dfa_unused": {"name": "dfa", "find_unused_parameters": True},
-    "fa": {"name": "fa"},
-    "fa_unused": {"name": "fa", "find_unused_parameters": True},
+DDP_METHODS = {  # name: (method, model)
+    "dfa": ({"name": "dfa"}, None),
+    "dfa_unused": ({"name": "dfa", "find_unused_parameters": True}, None),
+    "fa": ({"name": "fa"}, None),
+    "fa_unused": ({"name": "fa", "find_unused_parameters": True}, None),
+    "dfa_resmlp": ({"name": "dfa", "placement": "post_ln", "find_unused_parameters": True}, RESMLP),
+    "fa_block_resmlp": ({"name": "fa", "granularity": "block"}, RESMLP),
 }
 
 
@@ -149,9 +151,10 @@ def _ddp_worker(rank, world, port, cfg_dicts):
 @pytest.mark.distributed
 def test_ddp_two_ranks_match_single_process(tmp_path):
     ddp_cfgs, single = [], {}
-    for name, method in DDP_METHODS.items():
-        ddp_cfgs.append(config_to_dict(_cfg(tmp_path, f"ddp_{name}", method, **SECTIONS)))
-        single[name] = train(_cfg(tmp_path, f"one_{name}", method, **SECTIONS))
+    for name, (method, model) in DDP_METHODS.items():
+        sections = dict(SECTIONS, **({"model": model} if model else {}))
+        ddp_cfgs.append(config_to_dict(_cfg(tmp_path, f"ddp_{name}", method, **sections)))
+        single[name] = train(_cfg(tmp_path, f"one_{name}", method, **sections))
     mp.spawn(_ddp_worker, args=(2, _free_port(), ddp_cfgs), nprocs=2, join=True)
     for name in DDP_METHODS:
         one_dir, ddp_dir = single[name].run_dir, tmp_path / f"ddp_{name}"
