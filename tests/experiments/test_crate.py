@@ -175,3 +175,12 @@ def test_demo_section_runs_and_reports_sparsity(tmp_path, monkeypatch):
     md = crate_demo.crate_section(seeds=1, root=tmp_path, echo=lines.append)
     assert md.startswith("### CRATE") and "| after 1 epochs |" in md and "exactly zero" in md
     assert (tmp_path / "crate-digits-s0" / "summary.json").is_file()
+
+
+def test_mae_reconstruction_figure(tmp_path, gen):
+    from tractable.experiments.crate import mae_reconstruction_figure
+    from tractable.models.crate_mae import CRATEMAE
+
+    m = CRATEMAE(image_size=16, patch_size=4, in_channels=1, dim=16, depth=1, heads=2)
+    p = mae_reconstruction_figure(m, torch.randn(2, 1, 16, 16, generator=gen), tmp_path / "rec.png")
+    assert p.stat().st_size > 0

@@ -80,7 +80,7 @@ def add_commands(sub) -> None:
         "crate-attention", help="cls-token attention maps per head, 60%%-mass threshold, PCA (PNG grid)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Saliency maps of the cls token for every head at a layer, upsampled to the image; the head "
-                    "average and its top-60%%-mass patches; optionally the PCA of the patch features.\n\n"
+                    "average and its top-60%-mass patches; optionally the PCA of the patch features.\n\n"
                     "examples:\n"
                     "  tractable crate-attention runs/crate-s0 fashion_mnist:test:0,1,2,3 --pca\n"
                     "  tractable crate-attention crate_s.pth --model crate_small cat.jpg dog.png --image-size 480")

@@ -28,7 +28,7 @@ from tractable.models import create_model, model_defaults
 from tractable.models.crate import CRATE, load_crate_checkpoint, read_state_dict
 
 __all__ = ["load_crate_model", "dataset_images", "run_measure", "run_attention", "fashion_report",
-           "plot_layer_curves"]
+           "plot_layer_curves", "attention_figure", "mae_reconstruction_figure"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -421,3 +421,33 @@ def fashion_report(out, num: int = 256, maps_images: Sequence[int] = (0, 1, 2, 3
         (out / "layers.json").write_text(json.dumps({**series, **series_init}, indent=2))
     (out / "report.md").write_text(md + "\n")
     return md
+
+
+# ------------------------------------------------------------------------------------------------ CRATE-MAE
+def mae_reconstruction_figure(model, images: torch.Tensor, path, mask_ratio: Optional[float] = None,
+                              seed: int = 0) -> Path:
+    """PNG rows per image: the input, the masked input, the reconstruction, and the reconstruction pasted into
+    the visible patches (:meth:`tractable.models.crate_mae.CRATEMAE.reconstruct`; masks from ``seed``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model.eval()
+    masked, rec, pasted = model.reconstruct(images, mask_ratio, torch.Generator().manual_seed(seed))
+    B = images.shape[0]
+    fig, axes = plt.subplots(B, 4, figsize=(6, 1.5 * B + 0.3), squeeze=False)
+    for b in range(B):
+        for j, (img, title) in enumerate(((images[b], "input"), (masked[b], "masked"), (rec[b], "reconstruction"),
+                                          (pasted[b], "rec. + visible"))):
+            axes[b, j].imshow(_show(img), cmap="gray")
+            axes[b, j].set_xticks([])
+            axes[b, j].set_yticks([])
+            if b == 0:
+                axes[b, j].set_title(title, fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
