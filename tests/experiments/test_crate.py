@@ -161,6 +161,10 @@ def test_crate_presets_validate():
     for n in names:
         cfg = preset_config(n)
         assert cfg.model.name.startswith("crate")
+        model = create_model(cfg.model.name, num_classes=10, in_channels=3, image_size=32, **cfg.model.kwargs)
+        assert isinstance(model, CRATE)  # every preset's model kwargs are accepted
+        if "cifar" in n:
+            assert model.resize_to == (224, 224) and model.grid == (14, 14)
     paper = preset_config("crate_imagenet_paper")
     assert (paper.optim.name, paper.optim.lr, paper.optim.weight_decay, paper.data.batch_size) == ("lion", 2.4e-4, 0.5, 2048)
     assert paper.train.label_smoothing == 0.1 and paper.schedule.warmup_epochs == 5
