@@ -75,7 +75,8 @@ def feedback_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
     for prefix, m in _owners(model):
         for local in m.feedback_specs():
             key = f"{prefix}.{local}" if prefix else local
-            out[key] = m.get_parameter(local) if local in dict(m.named_parameters(recurse=False)) else m.get_buffer(local)
+            own = dict(m.named_parameters(recurse=False))
+            out[key] = own[local] if local in own else m.get_buffer(local)
     return dict(sorted(out.items()))
 
 
