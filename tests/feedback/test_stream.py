@@ -337,3 +337,19 @@ def test_normgrad_and_bridge_normalisation_closed_form(gen):
         gB = torch.einsum("nc...,cd->nd...", g, B) if layout == "map" else g @ B
         torch.testing.assert_close(gf, g)
         torch.testing.assert_close(gh, gB)
+
+
+def test_train_head_dfa_and_uniform_dim_init(gen):
+    model = create_model("resmlp", in_features=5, dim=6, depth=2, num_classes=4, terminal_norm=False).double()
+    fb.convert(model, "dfa", seed=0, train_head="dfa", feedback_init="uniform_dim", feedback_scale=2.0)
+    assert float(model.credit.B_1.abs().max()) <= 2.0 / 6 ** 0.5
+    assert model.credit.B_head.shape == (4, 4)
+    x, y = _data(gen, shape=(5,))
+    grads = _param_grads(model, x, y)
+    with torch.no_grad():
+        lg, hs = model.forward_plain(x, return_hidden=True)
+    lg.requires_grad_(True)
+    e = torch.autograd.grad(F.cross_entropy(lg, y), lg)[0]
+    e_head = e @ model.credit.B_head  # the output layer is driven by a projected error too
+    torch.testing.assert_close(grads["head.fc.weight"], e_head.T @ hs[-1])
+    torch.testing.assert_close(grads["head.fc.bias"], e_head.sum(0))
