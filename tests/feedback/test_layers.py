@@ -57,6 +57,7 @@ CONVS = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note on the reference conv
 @pytest.mark.parametrize("cls,kw,shape", CONVS)
 def test_faconv_with_b_equal_w_is_backprop(cls, kw, shape, gen):
     conv = cls(**kw).double()
