@@ -162,3 +162,14 @@ def test_demo_section_reports_midpoint_and_endpoints(tmp_path, monkeypatch):
     for label in ("standard training", "line midpoint (BN recomputed)", "line endpoint α=0", "line endpoint α=1"):
         assert f"| {label} |" in text
     assert lines == [text]
+
+
+def test_subspace_rule_under_bf16_autocast(tmp_path):
+    res = train(bn_cfg(tmp_path, "amp", {"name": "subspace", "kind": "curve"}, train={"amp": "bf16", "epochs": 1}))
+    assert math.isfinite(res.summary["final_test"]["test_loss"])
+    from tractable.experiments.subspace_eval import load_run
+
+    run = load_run(res.run_dir)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reg = run.sub.regularizer(1.0, generator=torch.Generator().manual_seed(0))
+    assert reg.dtype == torch.float32  # accumulated in float32 under autocast
