@@ -8,8 +8,8 @@ same α on every DDP rank and after a resume, with no communication. The cos² r
 ``method.eval_bn=recompute`` (default), its BatchNorm statistics are recomputed over the training set (no
 augmentation; ``method.bn_batches`` limits the pass, the same batches on every rank), so ``test_acc`` is the
 midpoint's honest accuracy; ``test_ece`` (20 bins) is logged next to it. The training-time statistics are put
-back after the evaluation, so checkpoints hold them and evaluation never changes the training state. The full α-grid evaluation is
-``tractable subspace-eval RUN``.
+back after the evaluation, so checkpoints hold them and evaluation never changes the training state. The full
+α-grid evaluation is ``tractable subspace-eval RUN``.
 
 ``swa`` is stochastic weight averaging with :mod:`torch.optim.swa_utils`: from epoch ⌊swa_start·epochs⌋ on, the
 learning rate is held at ``method.swa_lr`` and an :class:`~torch.optim.swa_utils.AveragedModel` takes the weights
