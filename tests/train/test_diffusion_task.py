@@ -132,3 +132,12 @@ def test_ddp_two_ranks_smoke(tmp_path):
     assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
     w = load_file(str(latest_checkpoint(tmp_path / "ddp" / "checkpoints") / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_task_kwargs_for_a_task_without_options_is_an_error(tmp_path):
+    from tests.train.conftest import tiny_dict
+
+    d = tiny_dict(tmp_path, "cls")
+    d["task_kwargs"] = {"prediction": "eps"}
+    with pytest.raises(ConfigError, match="task_kwargs: task 'classification' takes no options, got prediction"):
+        train(config_from_dict(d))

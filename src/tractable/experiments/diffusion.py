@@ -173,17 +173,30 @@ def save_grid(images: torch.Tensor, info, path: Union[str, Path], nrow: Optional
     return path
 
 
-def dataset_images(cfg, split: str = "train") -> Tuple[torch.Tensor, torch.Tensor, object]:
-    """(standardised images, labels, info) of a run's dataset split."""
+def dataset_images(cfg, split: str = "train", limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, object]:
+    """(standardised images, labels, info) of a run's dataset split (at most ``limit``; streamed datasets such as
+    ``imagefolder`` default to the first 50 000)."""
     from tractable.data import to_float
     from tractable.data.convert import normalize
     from tractable.train.loaders import build_dataset
 
     ds = build_dataset(cfg.data, split)
-    if not hasattr(ds, "x"):
-        raise ValueError(f"dataset {cfg.data.name!r} is streamed; FID here needs an in-memory dataset")
+    if not hasattr(ds, "x"):  # a streamed dataset: its own transforms already standardise
+        if limit is None:
+            limit = 50_000
+        loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False, num_workers=cfg.data.num_workers)
+        xs, ys, n = [], [], 0
+        for xb, yb in loader:
+            xs.append(xb.float())
+            ys.append(yb)
+            n += len(xb)
+            if n >= limit:
+                break
+        return torch.cat(xs)[:limit], torch.cat(ys)[:limit], ds.info
     x = normalize(to_float(ds.x), ds.info.mean, ds.info.std)
-    return x, ds.y, ds.info
+    if limit is not None:
+        x = x[:limit]
+    return x, ds.y[: len(x)], ds.info
 
 
 def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Union[str, Path, None] = None,

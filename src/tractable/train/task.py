@@ -54,7 +54,12 @@ def list_tasks() -> List[str]:
 def build_task(cfg) -> "Task":
     """The task named ``cfg.task``, built from the whole :class:`~tractable.train.config.RunConfig`."""
     _load_task_modules()
-    return _TASKS.get(cfg.task).from_config(cfg)
+    cls = _TASKS.get(cfg.task)
+    if getattr(cfg, "task_kwargs", None) and not hasattr(cls, "Options"):
+        from tractable.train.config import ConfigError
+
+        raise ConfigError(f"task_kwargs: task {cfg.task!r} takes no options, got {', '.join(sorted(cfg.task_kwargs))}")
+    return cls.from_config(cfg)
 
 
 class Task:
