@@ -173,3 +173,22 @@ def test_subspace_rule_under_bf16_autocast(tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reg = run.sub.regularizer(1.0, generator=torch.Generator().manual_seed(0))
     assert reg.dtype == torch.float32  # accumulated in float32 under autocast
+
+
+@pytest.mark.slow
+def test_digits_with_label_noise_midpoint_needs_its_own_bn(tmp_path):
+    """Spec test 18: digits, 20 % label noise, a BN CNN line; the midpoint with recomputed statistics clearly beats
+    the midpoint with the training-time (mixture) statistics."""
+    from tractable.experiments import subspace_demo
+    from tractable.experiments.subspace_eval import load_run
+    from tractable.train.config import apply_overrides
+
+    accs = {"recomputed": [], "mixture": []}
+    for s in range(2):
+        cfg = apply_overrides(subspace_demo.BASE, [f"train.seed={s}", f"out_dir={tmp_path}", f"name=l{s}",
+                                                   "method.name=subspace", "data.label_noise=0.2"])
+        run = load_run(train(config_from_dict(cfg)).run_dir)
+        run.sub.set_point(0.5)
+        accs["mixture"].append(ts.accuracy(*ts.predict(run.model, run.test_loader)))
+        accs["recomputed"].append(ts.accuracy(*ts.evaluate_point(run.sub, 0.5, run.train_loader, run.test_loader)))
+    assert sum(accs["recomputed"]) / 2 > sum(accs["mixture"]) / 2 + 0.02, accs
