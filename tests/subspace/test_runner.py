@@ -192,3 +192,16 @@ def test_digits_with_label_noise_midpoint_needs_its_own_bn(tmp_path):
         accs["mixture"].append(ts.accuracy(*ts.predict(run.model, run.test_loader)))
         accs["recomputed"].append(ts.accuracy(*ts.evaluate_point(run.sub, 0.5, run.train_loader, run.test_loader)))
     assert sum(accs["recomputed"]) / 2 > sum(accs["mixture"]) / 2 + 0.02, accs
+
+
+def test_a_model_passed_to_train_gets_endpoints_from_reset_parameters(tmp_path):
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    res = train(config_from_dict(tiny_dict(tmp_path, "given", method={"name": "subspace"}, train={"epochs": 1})),
+                model=model)
+    assert res.model is model
+    w0 = model[1].parametrizations.weight.original0
+    w1 = model[1].parametrizations.weight.original1
+    assert not torch.allclose(w0, w1)  # independent initialisations, not copies
