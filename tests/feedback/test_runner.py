@@ -115,6 +115,18 @@ def test_fa_on_multihead_attention_model_fails_at_start(tmp_path):
         train(_cfg(tmp_path, "mha", {"name": "fa"}), model=MHA())
 
 
+def test_ddp_buffer_broadcast_off_only_when_the_buffers_are_feedback_matrices():
+    from tractable.experiments.feedback_rules import DFARule, FARule
+    from tractable.models import create_model
+
+    rule = DFARule(DFARule.Options(seed=0))
+    rule.attach(create_model("mlp", in_channels=1, input_size=16, num_classes=4))
+    assert rule.ddp_kwargs() == {"find_unused_parameters": False, "broadcast_buffers": False}
+    rule = FARule(FARule.Options(seed=0, find_unused_parameters=True))
+    rule.attach(create_model("small_resnet_credit", image_size=8, width=4, depth=1))  # BatchNorm statistics
+    assert rule.ddp_kwargs() == {"find_unused_parameters": True}
+
+
 # -------------------------------------------------------------------------------------------- DDP (2 ranks)
 DDP_METHODS = {  # name: (method, model)
     "dfa": ({"name": "dfa"}, None),

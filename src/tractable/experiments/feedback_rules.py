@@ -11,7 +11,10 @@ choice under ``method.compat=seed``; ``describe()`` (the run summary's ``method`
   float64 checksum (MIN and MAX) and stops with a clear error if they differ. They are buffers of the model,
   so checkpoints carry them and a resumed run continues with the same ones.
 * ``method.find_unused_parameters`` — passed to ``DistributedDataParallel``; the methods work with either value
-  (DFA's hub reaches every parameter through one autograd node, no nested backward).
+  (DFA's hub reaches every parameter through one autograd node, no nested backward). When the model's only
+  buffers are feedback matrices, DDP's per-forward buffer broadcast is switched off (``broadcast_buffers=False``):
+  they are identical on every rank by construction and by the start-up check, and re-sending them would double
+  layer FA's communication. Models with other buffers (BatchNorm statistics) keep DDP's default.
 * brSF redraws its sign-magnitudes before every optimizer step from (seed, name, step): equal on all ranks and
   after a resume.
 """
@@ -69,6 +72,7 @@ class _FeedbackRule(LearningRule):
         super().__init__(options)
         self.resolved = None
         self.checksum: Optional[float] = None
+        self.only_feedback_buffers = False
 
     def attach(self, model: nn.Module) -> nn.Module:
         import tractable.feedback as fb
@@ -78,10 +82,20 @@ class _FeedbackRule(LearningRule):
         fb.convert(model, self.method, seed=int(seed), **_method_options(self.opts))
         self.resolved = model.feedback_options
         self.checksum = fb.check_same_on_ranks(model)  # before DDP's own broadcast could hide a difference
+        from tractable.feedback.banks import FeedbackModule
+
+        owners = [m for m in model.modules() if isinstance(m, (fb.FALayer, FeedbackModule))]
+        own = {id(b) for m in owners for b in m.buffers(recurse=False)}
+        self.only_feedback_buffers = all(id(b) in own for b in model.buffers())
         return model
 
     def ddp_kwargs(self) -> Dict[str, Any]:
-        return {"find_unused_parameters": bool(self.opts.find_unused_parameters)}
+        kw: Dict[str, Any] = {"find_unused_parameters": bool(self.opts.find_unused_parameters)}
+        if self.only_feedback_buffers:
+            # the only buffers are the feedback matrices: identical on every rank (checked at start-up, brSF
+            # redrawn from the step), so DDP need not re-send them before every forward
+            kw["broadcast_buffers"] = False
+        return kw
 
     def hooks(self) -> List[Hook]:
         return [_BRSFResample()] if self.method == "brsf" else []
