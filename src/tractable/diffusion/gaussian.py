@@ -92,6 +92,9 @@ class GaussianDiffusion:
             noise = _randn_like(x0, generator)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise: shape {tuple(noise.shape)} differs from x0's {tuple(x0.shape)}")
+        return self._q(x0, t, noise)
+
+    def _q(self, x0, t, noise):
         return _expand(self.sqrt_alphas_cumprod, t, x0) * x0 + _expand(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -141,19 +144,22 @@ class GaussianDiffusion:
         if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
             raise ValueError(f"x0: expected a batch tensor (N, …), got {getattr(x0, 'shape', type(x0).__name__)}")
         n = x0.shape[0]
-        if t is None:
+        if t is None:  # drawn here: in range by construction (no check, so no device synchronisation)
             t = torch.randint(0, self.num_timesteps, (n,), generator=generator,
                               device=_gen_device(generator, x0)).to(x0.device)
-        t = self._check_t(t, n)
+        else:
+            t = self._check_t(t, n)
         if noise is None:
             noise = _randn_like(x0, generator)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise: shape {tuple(noise.shape)} differs from x0's {tuple(x0.shape)}")
         w = self.loss_weight(t, weighting, gamma)
         if cond is not None and cond_drop > 0:
             if not 0.0 <= cond_drop < 1.0:
                 raise ValueError(f"cond_drop: must be in [0, 1), got {cond_drop}")
             drop = torch.rand(n, generator=generator, device=_gen_device(generator, x0)).to(x0.device) < cond_drop
             cond = torch.where(drop, torch.full_like(cond, NULL_LABEL), cond)
-        x_t = self.q_sample(x0, t, noise)
+        x_t = self._q(x0, t, noise)
         out = model(x_t, t) if cond is None else model(x_t, t, cond)
         out = _prediction(out, x0)
         err = (out.float() - self.target(x0, t, noise).float()).pow(2).flatten(1).mean(1)
