@@ -353,3 +353,21 @@ def test_train_head_dfa_and_uniform_dim_init(gen):
     e_head = e @ model.credit.B_head  # the output layer is driven by a projected error too
     torch.testing.assert_close(grads["head.fc.weight"], e_head.T @ hs[-1])
     torch.testing.assert_close(grads["head.fc.bias"], e_head.sum(0))
+
+
+@pytest.mark.parametrize("make,method,opts", [
+    (lambda: MLP(16, num_classes=4, hidden=(8, 8)), "dfa", {}),
+    (lambda: MLP(16, num_classes=4, hidden=(8, 8)), "fa", {}),
+    (lambda: create_model("resmlp", in_features=16, dim=8, depth=2, num_classes=4), "dfa", dict(placement="post_ln")),
+    (lambda: create_model("resmlp", in_features=16, dim=8, depth=2, num_classes=4), "fa", dict(granularity="block")),
+])
+def test_torch_compile_gives_the_same_gradients(make, method, opts, gen):
+    model = make()
+    fb.convert(model, method, seed=0, **opts)
+    ref = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="aot_eager")
+    x, y = torch.randn(5, 16, generator=gen), torch.randint(0, 4, (5,), generator=gen)
+    F.cross_entropy(compiled(x), y).backward()
+    F.cross_entropy(ref(x), y).backward()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
