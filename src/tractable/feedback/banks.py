@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn

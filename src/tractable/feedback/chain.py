@@ -18,7 +18,7 @@ them per forward, so several forwards before one backward and gradient accumulat
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn

@@ -33,7 +33,7 @@ they replace (the forward uses the layer's own autocast behaviour).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -26,7 +26,6 @@ gradient).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, Optional
 
 import torch

@@ -33,7 +33,7 @@ matrix (the reference code's choice). Matrix shapes (C classes): vectors C×d; t
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
