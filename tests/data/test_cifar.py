@@ -178,7 +178,7 @@ def test_missing_files_error_says_where_and_what(tmp_path):
         load_cifar("cifar10", "train", tmp_path)
     msg = str(err.value)
     for needle in (str(tmp_path), "cifar-10-python.tar.gz", "cifar-10-batches-py", "data_batch_5",
-                   "download=True", "--download", "TRACTABLE_DATA"):
+                   "download=True", "data.download=true", "TRACTABLE_DATA"):
         assert needle in msg
 
 
