@@ -172,3 +172,25 @@ def test_deepcopy_of_a_chain_dfa_model_has_its_own_wiring():
     assert hooks and all(h.__self__ is c.credit for h in hooks) and c.credit is not m.credit
     F.cross_entropy(c(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
     assert all(p.grad is not None for p in c.parameters()) and all(p.grad is None for p in m.parameters())
+
+
+def test_whole_model_pickle_round_trip():
+    import tractable
+
+    mlp = MLP(6, num_classes=3, hidden=(5, 4))
+    fb.convert(mlp, "dfa")
+    seq = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    tractable.TrAct(seq[0])
+    fb.convert(seq, "fa")
+    res = create_model("resmlp", in_features=6, dim=8, depth=2, num_classes=3)
+    fb.convert(res, "fa", granularity="block", feedback_init="match_branch")
+    for model, n_in in ((mlp, 6), (seq, 4), (res, 6)):
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        back = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+        assert type(back) is type(model) and fb.verify_feedback(back, model.state_dict())
+        x = torch.randn(3, n_in)
+        back(x).sum().backward()
+        model(x).sum().backward()
+        for p, q in zip(back.parameters(), model.parameters()):
+            torch.testing.assert_close(p.grad, q.grad)

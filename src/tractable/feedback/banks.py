@@ -21,6 +21,7 @@ Distributions (``scale`` = ``feedback_scale``):
 """
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -173,18 +174,17 @@ class FeedbackModule(nn.Module):
                           device=None, dtype=None, factor: Optional[str] = None) -> None:
         """Draw and register ``key``; ``factor`` names a 0-d buffer that multiplies the draw (``match_branch``),
         read again at regeneration so that a loaded checkpoint verifies."""
-        shape = tuple(int(s) for s in shape)
-        seed, scale = self._feedback_seed, self._feedback_scale
+        self._specs[key] = (tuple(int(s) for s in shape), name, init, int(fan), factor)
+        self.register_buffer(key, self.regenerate(key).to(device=device, dtype=dtype), persistent=True)
 
-        def regen(shape=shape, name=name, init=init, fan=fan):
-            b = draw(shape, seed=seed, name=name, init=init, scale=scale, fan=fan)
-            return b if factor is None else b * self._buffers[factor].detach().to("cpu", torch.float32)
-
-        self.register_buffer(key, regen().to(device=device, dtype=dtype), persistent=True)
-        self._specs[key] = regen
+    def regenerate(self, key: str) -> torch.Tensor:
+        """The float32 CPU matrix ``key`` drawn afresh from (seed, name)."""
+        shape, name, init, fan, factor = self._specs[key]
+        b = draw(shape, seed=self._feedback_seed, name=name, init=init, scale=self._feedback_scale, fan=fan)
+        return b if factor is None else b * self._buffers[factor].detach().to("cpu", torch.float32)
 
     def feedback_specs(self):
-        return dict(self._specs)
+        return {key: functools.partial(self.regenerate, key) for key in self._specs}
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

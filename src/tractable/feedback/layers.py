@@ -122,7 +122,9 @@ class FALayer:
     def __reduce_ex__(self, protocol):
         reduced = object.__reduce_ex__(self, max(int(protocol), 2))
         state = reduced[2] if len(reduced) > 2 else None
-        return (_new_instance, (self._fa_base,), state)
+        base = self._fa_base
+        tract_base = base.__dict__.get("_tract_base")  # a TrAct class (made on the fly): rebuild it by recipe
+        return (_new_instance, (base,) if tract_base is None else (tract_base, True), state)
 
 
 def _linear_forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -219,7 +221,11 @@ def _fa_class(base: type) -> type:
     return cls
 
 
-def _new_instance(base: type):
+def _new_instance(base: type, tract: bool = False):
+    if tract:
+        from tractable.tract.module import _tract_class
+
+        base = _tract_class(base)
     return nn.Module.__new__(_fa_class(base))
 
 
