@@ -3,6 +3,8 @@
 Method families (each in its own subpackage):
 
 * :mod:`tractable.tract` -- TrAct first-layer gradient preconditioning (arXiv 2410.23970).
+* :mod:`tractable.feedback` -- credit assignment without weight transport: feedback alignment (layer and block),
+  direct feedback alignment, sign symmetry, Kolen-Pollack, and the FA evaluation protocol.
 * :mod:`tractable.models`, :mod:`tractable.data`, :mod:`tractable.train` -- the runner's building blocks.
 """
 from tractable.tract import (
