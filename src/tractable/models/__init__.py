@@ -13,6 +13,8 @@ from tractable.models.first_layer import FALLBACK_PATHS, WEIGHT_LAYERS, first_la
 
 # Family modules register their builders on import.
 from tractable.models import crate as _crate, crate_mae as _crate_mae  # noqa: F401  (CRATE family)
+from tractable.models import resnet20 as _resnet20  # noqa: F401  (subspace family: resnet20_cifar)
+from tractable.models import dit as _dit, unet as _unet  # noqa: F401  (diffusion family: dit_*, mdit_*, unet_*)
 from tractable.models.resnet_cifar import BasicBlock, Bottleneck, CifarResNet
 from tractable.models.resnet_small import GELUBasicBlock, SmallResNet
 from tractable.models.small import CNN1d, MLP, SmallCNN
@@ -27,6 +29,7 @@ from tractable.models.vit import (
     sincos_1d,
     sincos_2d,
 )
+from tractable.models.credit import CreditModel, FeedbackPoint, ResMLP, SmallResNetCredit, ViTMini, bp_mode
 
 __all__ = [
     # registry
@@ -55,6 +58,13 @@ __all__ = [
     "patchify",
     "sincos_1d",
     "sincos_2d",
+    # credit-assignment protocol models
+    "CreditModel",
+    "FeedbackPoint",
+    "ResMLP",
+    "SmallResNetCredit",
+    "ViTMini",
+    "bp_mode",
     # small baselines
     "CNN1d",
     "MLP",

@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, YAML loading, ``a.b=value`` overrides and validation.
 
 A run is described by one :class:`RunConfig` with the sections ``data``, ``model``, ``method``, ``optim``,
-``schedule`` and ``train`` plus the top-level keys ``out_dir``, ``name``, ``resume`` and ``task``. The top-level
+``schedule`` and ``train`` plus the top-level keys ``out_dir``, ``name``, ``resume``, ``task`` and ``task_kwargs``
+(the task's own options, validated by the task when it is built). The top-level
 keys may also be written under a ``run:`` section (``run.resume=true`` is the same as ``resume=true``).
 
 :func:`load_config` reads an optional YAML file, applies overrides such as ``optim.lr=0.05`` or
@@ -61,6 +62,8 @@ class DataConfig:
     mean: Optional[List[float]] = None  # per-channel normalisation override (default: the dataset's own)
     std: Optional[List[float]] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    label_noise: float = 0.0  # fraction of training labels resampled uniformly (fixed permutation, saved in the run)
+    label_noise_seed: int = 0  # the permutation's seed: the same noisy labels for every train.seed
 
 
 @dataclass
@@ -149,6 +152,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: Optional[bool] = None  # None: if installed; True: required; False: off
     plots: bool = True
+    sync_bn: bool = False  # under torchrun: BatchNorm → SyncBatchNorm (statistics over all ranks)
 
 
 @dataclass
@@ -165,9 +169,10 @@ class RunConfig:
     name: Optional[str] = None
     resume: bool = False
     task: str = "classification"
+    task_kwargs: Dict[str, Any] = field(default_factory=dict)  # the task's own options (e.g. diffusion's schedule)
 
 
-_TOP_LEVEL = ("out_dir", "name", "resume", "task")
+_TOP_LEVEL = ("out_dir", "name", "resume", "task", "task_kwargs")
 _RUN_ALIAS = "run"
 
 
@@ -367,6 +372,9 @@ def _check_semantics(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be >= 1 or null, got {v}")
     if not 0.0 <= cfg.train.ema < 1.0:
         raise ConfigError(f"train.ema: the EMA decay must be in [0, 1) (0 = off), got {cfg.train.ema}")
+    if not 0.0 <= cfg.data.label_noise < 1.0:
+        raise ConfigError(f"data.label_noise: the fraction of resampled labels must be in [0, 1), got "
+                          f"{cfg.data.label_noise}")
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
         raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {cfg.train.label_smoothing}")
     if cfg.train.clip_grad is not None and cfg.train.clip_grad <= 0:

@@ -144,15 +144,20 @@ class Trainer:
 
         # model and learning rule
         seed_everything(tc.seed)  # the initial weights depend on the seed only
+        model_fn = self._create_model if model is None else None
         if model is None:
             model = self._create_model()
+        else:
+            model = self._sync_bn(model)
         self.rule = build_rule(cfg.method)
+        self.rule.model_fn = model_fn  # builds the same architecture afresh (subspace endpoints); None if given
         attached = self.rule.attach(model)
         model = model if attached is None else attached
         model.to(self.device)
         self.model = model
         self.task = task if task is not None else build_task(cfg)
-        self.hooks: List[Hook] = list(self.rule.hooks()) + list(hooks)
+        task_hooks = getattr(self.task, "hooks", None)
+        self.hooks: List[Hook] = list(self.rule.hooks()) + list(task_hooks() if task_hooks else []) + list(hooks)
         self.ema = ModelEMA(model, tc.ema) if tc.ema > 0 else None
         wrapped = wrap_ddp(model, self.device, **self.rule.ddp_kwargs())
         self.ddp = wrapped if wrapped is not model else None
@@ -205,7 +210,16 @@ class Trainer:
         accepted = model_defaults(mc.name)  # raises for an unknown name, listing the registered ones
         kw = model_shape_kwargs(self.info, accepted) if self.info is not None else {}
         kw.update(dict(mc.kwargs))
-        return create_model(mc.name, **kw)
+        return self._sync_bn(create_model(mc.name, **kw))
+
+    def _sync_bn(self, model: nn.Module) -> nn.Module:
+        """``train.sync_bn`` under DDP: BatchNorm → SyncBatchNorm, before any rule re-parametrises the model."""
+        if not (self.cfg.train.sync_bn and self.world_size > 1):
+            return model
+        if self.device.type != "cuda":
+            raise ValueError(f"train.sync_bn=true needs CUDA devices: torch's SyncBatchNorm does not run under DDP "
+                             f"on {self.device.type}; set train.sync_bn=false")
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def _resume(self) -> bool:
         ckpt = latest_checkpoint(self.ckpt_dir)
@@ -374,6 +388,9 @@ class Trainer:
         self._t_start = time.perf_counter()
         self._lr = self.optimizer.param_groups[0]["lr"]
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=tc.tensorboard)
+        noise = getattr(self.train_data, "label_noise", None)
+        if noise is not None and self.is_main:  # data.label_noise: the noisy labels, saved with the run
+            torch.save(noise, self.run_dir / "label_noise.pt")
         for h in self.hooks:
             h.on_start(self)
         if self.cfg.resume:

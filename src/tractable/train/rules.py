@@ -44,7 +44,7 @@ __all__ = ["LearningRule", "NormalRule", "TrActRule", "register_rule", "build_ru
 _RULES = ClassRegistry("learning rule", "method.name", lambda: LearningRule)
 
 #: modules that register further rules (one per method family), imported the first time the registry is read
-RULE_MODULES: List[str] = []
+RULE_MODULES: List[str] = ["tractable.experiments.subspace_rules", "tractable.experiments.feedback_rules"]
 _loaded: List[str] = []
 
 
