@@ -440,6 +440,8 @@ class Trainer:
                     t0 = time.perf_counter()
         finally:
             bar.close()
+        if self.device.type == "cuda":  # count the epoch's queued GPU work in train_time (once per epoch)
+            torch.cuda.synchronize(self.device)
         self.train_time += time.perf_counter() - t0
         record: Dict[str, Any] = {"kind": "epoch", "epoch": e + 1, "step": self.step, "lr": self._lr}
         if self.running:
