@@ -181,8 +181,9 @@ def plot_layer_curves(series: Dict[str, List[dict]], path: Path, title: str = ""
                          ms=3, capsize=2, label=label)
         axes[1].errorbar(layers, [s["nonzero_mean"] for s in stats], yerr=[s["zero_std"] for s in stats],
                          marker="o", ms=3, capsize=2, label=label)
-    axes[0].set(xlabel="layer ℓ", ylabel="R^c (compression term)", title="compression R^c per layer")
-    axes[1].set(xlabel="layer ℓ", ylabel="‖Z^{ℓ+1}‖₀ / (n·d)", title="non-zero fraction of the ISTA output")
+    axes[0].set(xlabel=r"layer $\ell$", ylabel=r"$R^c$ (compression term)", title=r"compression $R^c$ per layer")
+    axes[1].set(xlabel=r"layer $\ell$", ylabel=r"$\|Z^{\ell+1}\|_0\,/\,(n d)$",
+                title="non-zero fraction of the ISTA output")
     for ax in axes:
         ax.grid(alpha=0.3)
         if len(series) > 1:
@@ -345,7 +346,7 @@ def run_attention(source, images: Sequence[str], *, model: Optional[str] = None,
     (out_dir / "attention.json").write_text(json.dumps(summary, indent=2, default=str))
     try:
         p = attention_figure(x, labels, maps, net.patch_size, out_dir / "attention.png", threshold, pcs,
-                             f"{meta['model']} · cls attention at layer {layer}")
+                             f"{meta['model']} · cls attention at layer {(layer % net.depth) + 1} of {net.depth}")
         echo(f"attention maps: {p}")
     except ImportError as e:
         echo(f"(no picture: {e}; pip install 'tractable[plot]')")
