@@ -5,6 +5,7 @@ Run from the repository root (one thread, as every CPU benchmark here)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diffusion_step.py            # all models (~5-10 min)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diffusion_step.py --quick    # tiny models only
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diffusion_step.py --layer-only   # the first layer alone
     python benchmarks/diffusion_step.py --device cuda                          # on a GPU (B-scale at batch 32)
 
 One step = ``GaussianDiffusion(1000, cosine, x0).loss`` (Min-SNR-5, fixed t and noise) → backward → AdamW step →
@@ -48,6 +49,9 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-scale", type=int, default=None, help="multiply every batch (default 1 on CPU, 16 on CUDA)")
     p.add_argument("--out", default=None)
+    p.add_argument("--layer-only", action="store_true",
+                   help="time only the first layer's forward + backward (plain vs TrAct) on each model's real input "
+                        "shape: the overhead TrAct adds to a step, without the noise of the whole step")
     a = p.parse_args()
     import torch
 
@@ -80,6 +84,9 @@ def main() -> int:
         x0 = torch.randn(batch, c, s, s, generator=g).to(device)
         t = torch.randint(0, 1000, (batch,), generator=g).to(device)
         noise = torch.randn(batch, c, s, s, generator=g).to(device)
+        if a.layer_only:
+            rows.append(_layer_only(name, plain, tract, path, x0, reps * 20, sync))
+            continue
         opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in (("plain", plain), ("tract", tract))}
         models = {"plain": plain, "tract": tract}
 
@@ -102,6 +109,21 @@ def main() -> int:
         print(f"{name}: plain {1e3 * med['plain']:.1f} ms, TrAct {1e3 * med['tract']:.1f} ms, "
               f"ratio {row['ratio']:.3f}", flush=True)
         del plain, tract, opts, models
+    if a.layer_only:
+        lines = [f"CPU: {info['cpu_model']} ({isa}), torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+                 "first layer alone (forward + backward), median of interleaved steps.", "",
+                 "| model | input | first layer | plain ms | TrAct ms | extra ms |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['model']} | {tuple(r['input'])} | `{r['first_layer']}` {tuple(r['first_layer_shape'])} "
+                         f"| {1e3 * r['plain_median_s']:.3f} | {1e3 * r['tract_median_s']:.3f} | "
+                         f"{1e3 * (r['tract_median_s'] - r['plain_median_s']):.3f} |")
+        table = "\n".join(lines)
+        print("\n" + table)
+        out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results" / "diffusion_step_layer.json"
+        out.write_text(json.dumps({"machine": {**info, "isa": isa, "torch": torch.__version__},
+                                   "rows": rows, "table": table}, indent=2) + "\n")
+        print(f"written: {out}")
+        return 0
     lines = [f"CPU: {info['cpu_model']} ({isa}), torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
              f"device {device}; median of interleaved steps (loss + backward + AdamW).", "",
              "| model | params | input (B, C, H, W) | first layer | plain ms/step | TrAct ms/step | TrAct / plain |",
@@ -120,6 +142,27 @@ def main() -> int:
                                    "loadavg_end": os.getloadavg(), "rows": rows, "table": table}, indent=2) + "\n")
         print(f"written: {out}")
     return 0
+
+
+def _layer_only(name, plain, tract, path, x0, reps, sync):
+    """Forward + backward of the first layer alone on the model's input (x does not require grad, as in the model)."""
+    import torch
+
+    layers = {"plain": plain.get_submodule(path), "tract": tract.get_submodule(path)}
+    w = torch.randn_like(layers["plain"](x0))
+
+    def step(k):
+        def fn():
+            (layers[k](x0) * w).sum().backward()
+            layers[k].zero_grad(set_to_none=True)
+        return fn
+
+    times = interleaved({"plain": step("plain"), "tract": step("tract")}, reps=reps, warmup=5, sync=sync)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{name} first layer: plain {1e3 * med['plain']:.3f} ms, TrAct {1e3 * med['tract']:.3f} ms", flush=True)
+    return {"model": name, "input": list(x0.shape), "first_layer": path,
+            "first_layer_shape": list(layers["plain"].weight.shape), "plain_median_s": med["plain"],
+            "tract_median_s": med["tract"], "reps": len(times["plain"])}
 
 
 if __name__ == "__main__":
