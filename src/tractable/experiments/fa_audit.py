@@ -692,21 +692,26 @@ def _plots(cfg: AuditConfig, s: Dict[str, Any], out: Path) -> List[str]:
     fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.6), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         rows = [r for r in s["rows"] if r["arch"] == arch]
-        labels, means, stds = [], [], []
-        for r in rows:
+        labels = []
+        for i, r in enumerate(rows):  # each method next to its method-matched frozen baseline
             m, sd = _mean_std(r["acc"])
+            ax.bar(i - 0.2, 100 * m, 0.4, yerr=0 if sd != sd else 100 * sd, color="tab:blue",
+                   label="method" if i == 0 else None)
+            if r.get("frozen_matched"):
+                m, sd = _mean_std(r["frozen_matched"])
+                ax.bar(i + 0.2, 100 * m, 0.4, yerr=0 if sd != sd else 100 * sd, color="tab:gray",
+                       label="method-matched frozen" if i == 0 else None)
             labels.append(r["method"])
-            means.append(m)
-            stds.append(0 if sd != sd else sd)
         first = rows[0]
         for name in ("frozen_seed", "shallow", "head_only"):
             if first.get(name):
                 m, sd = _mean_std(first[name])
+                ax.bar(len(labels), 100 * m, 0.6, yerr=0 if sd != sd else 100 * sd, color="tab:orange")
                 labels.append(name)
-                means.append(m)
-                stds.append(0 if sd != sd else sd)
-        ax.bar(range(len(labels)), [100 * m for m in means], yerr=[100 * x for x in stds], color="tab:blue")
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        finite = [100 * v for r in rows for v in r["acc"] if v == v]
+        ax.set_ylim(max(0.0, min(finite) - 15) if finite else 0.0, 100)
+        ax.legend(fontsize=7)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{arch}: accuracy vs baselines")
     fig.tight_layout()
