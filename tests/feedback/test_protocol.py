@@ -1,4 +1,4 @@
-"""FAProtocol on constructed cases (spec T12): healthy BP passes, exploding residuals fire D1, a huge terminal-LN
+"""FAProtocol on constructed cases: healthy BP passes, exploding residuals fire D1, a huge terminal-LN
 stream fires the seed's D2 but not the corrected one, non-finite gradients fire the corrected D2, D3 fires /
 passes / is inconclusive as the interval says, a missing baseline gives INCOMPLETE, both verdict rules."""
 import json
