@@ -177,3 +177,25 @@ def test_help_has_examples(capsys):
         cli(["fa-audit", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "--quick" in text and "fa-audit --out" in text
+
+
+def test_fresh_b_null_is_deterministic_and_planned_for_every_seed(tmp_path):
+    from tractable.data import load_dataset
+    from tractable.feedback import convert
+    from tractable.feedback.protocol import FAProtocol
+    from tractable.models import create_model
+
+    cfg = tiny(tmp_path, seeds=[1, 2, 3], null_redraws=3)
+    runs, _ = A.plan(cfg)
+    assert sorted((r.seed, r.lam) for r in runs if r.kind == "penalty") == \
+        [(s, lam) for s in (1, 2, 3) for lam in (0.0, 0.01)]
+    test = load_dataset("digits", "test").subset(64)
+    torch.manual_seed(0)
+    model = create_model("resmlp", num_classes=10, in_channels=1, image_size=8, dim=16, depth=2)
+    convert(model, "dfa", seed=1, compat="seed")
+    spec = A.RunSpec("penalty", "resmlp", "dfa_seed", 1, 0.0)
+    report = FAProtocol(model, test, diag_samples=64, rho_directions=0).measure()
+    a = A._fresh_b_null(cfg, spec, model, test, report)
+    b = A._fresh_b_null(cfg, spec, model, test, report)
+    assert a == b and a["n"] == 3 and len(set(a["values"])) == 3
+    assert a["train"] == pytest.approx(A.deep_cosine(report))
