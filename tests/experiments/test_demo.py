@@ -4,7 +4,8 @@ from tractable.experiments.demo import ROWS, _slug, format_table, run_demo, verd
 
 def test_demo_small(tmp_path):
     lines = []
-    curves = run_demo(seeds=2, epochs=2, out_dir=str(tmp_path), echo=lines.append)
+    # the families' sections have tests of their own (tests/subspace, tests/experiments/test_crate.py, ...)
+    curves = run_demo(seeds=2, epochs=2, out_dir=str(tmp_path), echo=lines.append, sections=False)
     text = "\n".join(lines)
     assert set(curves) == {r.label for r in ROWS}
     assert all(len(c) == 2 and len(c[0]) == 2 for c in curves.values())
@@ -13,6 +14,28 @@ def test_demo_small(tmp_path):
     assert (demo_dir / "demo.png").is_file() and (demo_dir / "demo.md").is_file()
     # every row and seed has its own run directory (sections add directories of their own)
     assert all((demo_dir / f"{_slug(r.label)}-s{s}").is_dir() for r in ROWS for s in range(2))
+
+
+def _fake_section(seeds, root, echo):
+    (root / "fake-section").mkdir()
+    echo(f"fake section, {seeds} seeds")
+    return "| fake | section |"
+
+
+def test_sections_run_after_the_table_and_join_demo_md(tmp_path, monkeypatch):
+    import tractable.experiments.demo as demo
+
+    monkeypatch.setattr(demo, "SECTIONS", [f"{__name__}:_fake_section"])
+    lines = []
+    run_demo(seeds=1, epochs=1, out_dir=str(tmp_path), rows=ROWS[:1], plot=False, echo=lines.append)
+    (demo_dir,) = list(tmp_path.iterdir())
+    assert "fake section, 1 seeds" in lines and (demo_dir / "fake-section").is_dir()
+    assert lines.index("fake section, 1 seeds") > next(i for i, l in enumerate(lines) if "| method |" in l)
+    assert (demo_dir / "demo.md").read_text().rstrip().endswith("| fake | section |")
+    lines.clear()
+    run_demo(seeds=1, epochs=1, out_dir=str(tmp_path / "off"), rows=ROWS[:1], plot=False, echo=lines.append,
+             sections=False)
+    assert "fake section, 1 seeds" not in lines
 
 
 def test_table_and_verdict_arithmetic():
