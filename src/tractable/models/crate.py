@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -452,7 +453,12 @@ def read_state_dict(source: Union[str, Path, Mapping[str, torch.Tensor]]) -> "Or
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            try:
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise ValueError(f"read_state_dict: {path} cannot be read with torch.load(weights_only=True): it "
+                                 f"holds objects other than tensors and plain containers. If you trust the file, "
+                                 f"load it yourself (weights_only=False) and pass the state dict. ({e})") from None
     else:
         sd = source
     for _ in range(4):
