@@ -588,13 +588,13 @@ def summarize(cfg: AuditConfig, results: List[Dict[str, Any]], skipped: Dict[str
     return summary
 
 
-def _g(v) -> str:
-    vals = [x for x in v if x is not None and x == x]
+def _g(v, fmt: str = "{:.3g}") -> str:
+    """Median (range) of the non-missing values."""
+    vals = sorted(x for x in v if x is not None and x == x)
     if not vals:
         return "–"
-    vals = sorted(vals)
-    mid = vals[len(vals) // 2]
-    return f"{mid:.3g}" if len(vals) == 1 else f"{mid:.3g} ({vals[0]:.3g}–{vals[-1]:.3g})"
+    mid = fmt.format(vals[len(vals) // 2])
+    return mid if len(vals) == 1 else f"{mid} ({fmt.format(vals[0])}–{fmt.format(vals[-1])})"
 
 
 def _markdown(cfg: AuditConfig, s: Dict[str, Any]) -> str:
@@ -626,7 +626,7 @@ def _markdown(cfg: AuditConfig, s: Dict[str, Any]) -> str:
             f"| {_fmt_acc(r['head_only'] or [])} "
             f"| {_g(r['d1_seed'])} | {_g(r['d1_corrected'])} | {_g(r['d2_seed_gL'])} "
             f"| {'fires' if any(r['d2_corrected_fires']) else 'ok'} | {_g(r['gL_hL'])} "
-            f"| {_g([100 * x for x in d3s]) if d3s else '–'} | {d3c} "
+            f"| {_g([100 * x for x in d3s], '{:+.1f}') if d3s else '–'} | {d3c} "
             f"| {_agg_verdicts(v['seed_any'])} / {_agg_verdicts(v['seed_readme'])} "
             f"| {_agg_verdicts(v['corrected_any'])} / {_agg_verdicts(v['corrected_readme'])} |")
     if s["penalty"]:
