@@ -73,7 +73,7 @@ def test_crate_sigkill_and_resume_is_bitwise(tmp_path):
     save_config(config_from_dict(crate_dict(tmp_path, "run", **sections)), paths["run"])
     save_config(config_from_dict({**crate_dict(tmp_path, "run", **sections), "resume": True}), paths["resume"])
     ref = _run(paths["ref"], 0)
-    victim = _run(paths["run"], 0.05)
+    victim = _run(paths["run"], 0.1)
     ckpt_dir = tmp_path / "run" / "checkpoints"
     deadline = time.time() + 90
     while time.time() < deadline and victim.poll() is None:
