@@ -31,7 +31,8 @@ unexpected key and every shape mismatch.
 Differences from the reference code, all opt-in or exact:
 
 * ``ista_impl="fused"`` (default) computes x + η·Dᵀ(x − Dx) with 2 matmuls; ``"reference"`` is the
-  official 3-matmul form (Dx, DᵀDx, Dᵀx), bit-identical to it. They agree to float rounding.
+  official 3-matmul form (Dx, DᵀDx, Dᵀx) with the official order of operations (the official module itself is
+  not vendored here, so bitwise parity with it is not tested). They agree to float rounding.
 * ``attn_impl="sdpa"`` (default) uses ``F.scaled_dot_product_attention(w, w, w)``, exactly the same
   function (softmax(wwᵀ/√d_h)w) computed by a fused kernel; ``"explicit"`` materialises A. The explicit path
   is always taken when attention maps are requested (:meth:`CRATE.forward_features` with ``"attn"``).
@@ -108,8 +109,8 @@ def ista_step(x: torch.Tensor, D: torch.Tensor, eta: float = 0.1, lam: float = 0
     """One non-negative ISTA step on tokens ``x`` (…, d) with dictionary ``D`` (d, d):
     ReLU(x + η·Dᵀ(x − Dx) − ηλ) (row form: ReLU(x + η(x − xDᵀ)D − ηλ)).
 
-    ``impl="reference"`` evaluates it as the official code does, with three matmuls
-    (ReLU(x + (η(xD − xDᵀD) − ηλ))), bit for bit; ``"fused"`` uses two.
+    ``impl="reference"`` evaluates it in the official code's order, with three matmuls
+    (ReLU(x + (η(xD − xDᵀD) − ηλ))); ``"fused"`` uses two.
     """
     if impl == "fused":
         r = x - F.linear(x, D)
