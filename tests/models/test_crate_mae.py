@@ -95,3 +95,18 @@ def test_patchify_round_trip_and_bad_inputs(gen):
         small(mask_ratio=1.0)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         small(image_size=18)
+
+
+def test_official_format_mae_checkpoint_loads_strictly(tmp_path, gen):
+    from tractable.models.crate import load_crate_checkpoint
+
+    src = small()
+    sd = {k: torch.randn(v.shape, generator=gen) for k, v in src.state_dict().items()}
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 799}, path)
+    m = load_crate_checkpoint(small(), path)
+    assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    assert not m.pos_embed.requires_grad and not m.decoder_pos_embed.requires_grad
+    del sd["decoder_embed.weight"]
+    with pytest.raises(ValueError, match="missing keys \\(1\\): decoder_embed.weight"):
+        load_crate_checkpoint(small(), sd)
