@@ -59,7 +59,8 @@ def _mean_se(values: List[float]):
 
 
 def run(out: Path, seeds: int = 3, epochs: int = 8, subset: Optional[int] = 10000, noises=(0.0, 0.2),
-        lr: float = 0.05, swa_lr: float = 0.025, bn_batches: int = 10, step: float = 0.1, echo=print) -> Dict[str, Any]:
+        lr: float = 0.05, swa_lr: float = 0.025, bn_batches: int = 10, step: float = 0.1, echo=print,
+        methods_used=METHODS) -> Dict[str, Any]:
     from tractable.experiments.subspace_eval import load_run
     from tractable.subspace import evaluate_grid, evaluate_models
 
@@ -74,6 +75,7 @@ def run(out: Path, seeds: int = 3, epochs: int = 8, subset: Optional[int] = 1000
         results.update(json.loads(cache.read_text()))
     methods = {"standard": {"name": "normal"}, "swa": {"name": "swa", "swa_start": 0.75, "swa_lr": swa_lr},
                "line": {"name": "subspace", "kind": "line", "beta": 1.0, "bn_batches": bn_batches}}
+    methods = {m: methods[m] for m in methods_used}
     for noise in noises:
         key = f"noise{noise:g}"
         res = results.setdefault(key, {})
@@ -96,7 +98,7 @@ def run(out: Path, seeds: int = 3, epochs: int = 8, subset: Optional[int] = 1000
                 cache.write_text(json.dumps(results, indent=1) + "\n")
         for s in range(seeds):
             tag = f"ensemble-s{s}"
-            if tag in res or seeds < 2:
+            if tag in res or seeds < 2 or "standard" not in methods:
                 continue
             pair = [f"standard-n{noise:g}-s{s}", f"standard-n{noise:g}-s{(s + 1) % seeds}"]
             loaded = [load_run(out / p) for p in pair]
@@ -191,8 +193,10 @@ def main(argv=None) -> int:
     p.add_argument("--swa-lr", type=float, default=0.025)
     p.add_argument("--bn-batches", type=int, default=10)
     p.add_argument("--step", type=float, default=0.1)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     a = p.parse_args(argv)
-    run(Path(a.out), a.seeds, a.epochs, a.subset or None, tuple(a.noise), a.lr, a.swa_lr, a.bn_batches, a.step)
+    run(Path(a.out), a.seeds, a.epochs, a.subset or None, tuple(a.noise), a.lr, a.swa_lr, a.bn_batches, a.step,
+        methods_used=tuple(a.methods))
     return 0
 
 
