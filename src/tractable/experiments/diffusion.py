@@ -6,7 +6,8 @@
   mapped through the normalisation); :func:`save_grid` writes them as a PNG grid in pixel space.
 * :func:`fid_over_checkpoints` — the Fréchet distance between generated samples and the training images at every
   checkpoint of several runs; JSON + a plot of FID vs steps side by side (runs with the same label, e.g. the
-  same model and method over seeds, are averaged with ± std).
+  same model and method over seeds, are averaged with ± std). Each checkpoint's ``stabilised`` flag records whether
+  the Fréchet distance needed the ε·I retry (singular covariances, e.g. from dead ReLU features or few samples).
 
 Features (``features=``): ``"classifier"`` (default, offline) — the penultimate layer of a ``small_cnn``
 classifier trained here on the same dataset (seeded, cached as ``fid_classifier-<dataset>-s<seed>.safetensors``
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -280,9 +282,12 @@ def fid_over_checkpoints(run_dirs: Sequence[Union[str, Path]], *, n: int = 1000,
             model, diffusion, info, _ = load_run(run_dir, ckpt, ema=ema)
             imgs = sample(model, diffusion, info, n, steps=steps, sampler=sampler, seed=seed)
             mu, sig = feature_stats(extract_features(extractor, prep(imgs)))
-            fid = frechet_distance_from_stats(mu, sig, mu_r, sig_r)
+            with warnings.catch_warnings(record=True) as caught:  # singular covariances (e.g. dead ReLU features)
+                warnings.simplefilter("always")
+                fid = frechet_distance_from_stats(mu, sig, mu_r, sig_r)
             entry["steps"].append(step)
             entry["fid"].append(fid)
+            entry.setdefault("stabilised", []).append(bool(caught))  # ε·I added to the covariances
             echo(f"{run_dir.name} step {step}: FID {fid:.4g} ({time.perf_counter() - t0:.1f} s)")
         results["runs"][str(run_dir)] = entry
     if out is not None:
