@@ -6,6 +6,7 @@
 | ``tract_cifar10_vit`` | TrAct paper Fig. 4: omihub777 ViT, Adam + cosine, label smoothing 0.1 |
 | ``open_tract_cifar100_resnet`` | open-TrAct README: small GELU ResNet, SGD 0.08, wd 5e-4, λ 0.05 |
 | ``open_tract_cifar100_vit`` | open-TrAct README: ViT L=12 d=128, Adam 1e-3, λ 0.1 |
+| ``subspace_cifar10_resnet20`` | subspace paper (reference configs): cResNet20, line β = 1, SGD 0.1, wd 1e-4, 160 epochs |
 | ``smoke`` | a few seconds on the CPU: synthetic data, small CNN, TrAct |
 
 Every preset is an ordinary config; override any key on the command line (e.g. ``method.name=normal``).
