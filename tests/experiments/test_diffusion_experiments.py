@@ -57,3 +57,17 @@ def test_bad_inputs(run_dir, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["diffusion-sample", str(run_dir), "--n", "0"]) == 2
     assert "n: must be >= 1" in capsys.readouterr().err
+
+
+def test_feature_classifier_does_not_depend_on_the_global_rng(run_dir):
+    import torch
+
+    from tractable.experiments.diffusion import _cfg, train_fid_classifier
+
+    cfg = _cfg(run_dir)
+    torch.manual_seed(1)
+    a = train_fid_classifier(cfg, epochs=1, echo=lambda s: None)
+    torch.manual_seed(2)
+    b = train_fid_classifier(cfg, epochs=1, echo=lambda s: None)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k

@@ -210,6 +210,7 @@ def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Uni
     from tractable.models import create_model
 
     x, y, info = dataset_images(cfg, "train")
+    torch.manual_seed(seed)  # the initial weights too: the same classifier whatever the caller's RNG state
     model = create_model("small_cnn", num_classes=info.num_classes, in_channels=info.shape[0],
                          image_size=info.shape[1])
     path = None
@@ -220,7 +221,6 @@ def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Uni
             model.load_state_dict(load_file(str(path)))
             return model.eval()
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for _ in range(epochs):
