@@ -258,24 +258,25 @@ class Subspace:
 
     # -- writing points --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _write(self, coeffs: torch.Tensor) -> None:
-        """coeffs: (G, K) float64 on the CPU → every parametrization's buffer (fused copies)."""
+    def _write(self, coeffs: torch.Tensor, uniform: bool = False) -> None:
+        """coeffs: (G, K) float64 on the CPU → every parametrization's buffer (fused copies). ``uniform``: the
+        caller guarantees that every row is equal (one copy source for every buffer)."""
         self._current = coeffs.clone()
         by_target: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[int]]] = {}
         for e in self._entries:
-            buf = e.endpoints.coeffs
+            buf = e.endpoints._buffers["coeffs"]
             dst, groups = by_target.setdefault((buf.device, buf.dtype), ([], []))
             dst.append(buf)
             groups.append(e.group)
         for (device, dtype), (dst, groups) in by_target.items():
-            rows = coeffs.to(dtype).to(device, non_blocking=True)
-            src = [rows[g] for g in groups] if coeffs.shape[0] > 1 else [rows[0]] * len(dst)
+            rows = coeffs.to(device=device, dtype=dtype, non_blocking=True)
+            src = [rows[g] for g in groups] if coeffs.shape[0] > 1 and not uniform else [rows[0]] * len(dst)
             torch._foreach_copy_(dst, src)
 
     def set_point(self, point: Point) -> torch.Tensor:
         """Put every module at ``point``: α in [0, 1] (line, curve) or simplex weights (length k, ≥ 0, sum 1)."""
         c = point_coeffs(self.kind, self.K, point)
-        self._write(c.expand(self.num_groups, self.K).clone())
+        self._write(c.expand(self.num_groups, self.K), uniform=True)
         return c
 
     def set_coeffs(self, coeffs: torch.Tensor) -> None:
@@ -296,6 +297,11 @@ class Subspace:
         Seed the generator from (seed, step) so that every DDP rank draws the same point.
         """
         S, G = self.num_samples, (self.num_groups if self.layerwise else 1)
+        if S == 1 and G == 1:  # the common case: one point for the whole network
+            row = sample_coeffs(self.kind, self.K, generator, 1)[0]
+            self._table = None
+            self._write(row.expand(self.num_groups, self.K), uniform=True)
+            return row
         draws = sample_coeffs(self.kind, self.K, generator, S * G).reshape(S, G, self.K)
         table = draws.expand(S, self.num_groups, self.K).clone() if G == 1 else draws
         self._table = table if S > 1 else None
@@ -356,9 +362,8 @@ class Subspace:
         if pairs not in ("random", "all"):
             raise ValueError(f"pairs: {pairs!r} is not accepted; accepted values: 'random', 'all'")
         regs = self._regularized()
-        device = regs[0].originals()[0].device if regs else torch.device("cpu")
         if beta == 0 or not regs:
-            return torch.zeros((), device=device)
+            return torch.zeros((), device=regs[0].originals()[0].device if regs else torch.device("cpu"))
         if pairs == "all":
             pair_list = [(i, j) for i in range(self.K) for j in range(i + 1, self.K)]
         elif self.K == 2:
@@ -369,7 +374,7 @@ class Subspace:
                                  "generator= (seeded from (seed, step) so every rank draws the same pair)")
             i, j = torch.randperm(self.K, generator=generator, device=generator.device)[:2].tolist()
             pair_list = [(min(i, j), max(i, j))]
-        originals = [[t for t in e.originals()] for e in regs]
+        originals = [e.originals() for e in regs]  # looked up per call: load_state_dict/.to() keep them valid
         terms = [_Cos2.apply(len(regs), *[o[i] for o in originals], *[o[j] for o in originals])
                  for i, j in pair_list]
         total = terms[0] if len(terms) == 1 else torch.stack(terms).mean()
@@ -517,42 +522,47 @@ class _Cos2(torch.autograd.Function):
     """cos²(a, b) of two concatenated tensor lists, from three accumulated dot products, with a fused backward.
 
     With d = ⟨a, b⟩, p = ‖a‖², q = ‖b‖² and R = d²/(p q):
-    ∂R/∂a = 2d/(p q) · b − 2d²/(p² q) · a and ∂R/∂b = 2d/(p q) · a − 2d²/(p q²) · b — two fused list ops per side
-    instead of autograd's per-tensor products. Dots are taken in float32 (float64 inputs stay float64).
+    ∂R/∂a = 2d/(p q) · b − 2d²/(p² q) · a and ∂R/∂b = 2d/(p q) · a − 2d²/(p q²) · b. The backward computes the
+    four coefficients as one small tensor and each gradient as ``mul`` + in-place ``addcmul_`` (one new tensor
+    and two element-wise passes per stored tensor, no Python scalars, so no device sync). Dots are taken in
+    float32 (float64 inputs stay float64).
     """
 
     @staticmethod
     def forward(ctx, n: int, *tensors):
         a, b = tensors[:n], tensors[n:]
         acc = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-        def dot(x, y):
-            return torch.dot(x.reshape(-1).to(acc), y.reshape(-1).to(acc))
-
         with torch.autocast(tensors[0].device.type, enabled=False):  # fp32 accumulation under AMP
-            d = torch.stack([dot(x, y) for x, y in zip(a, b)]).sum()
-            p = torch.stack([dot(x, x) for x in a]).sum()
-            q = torch.stack([dot(y, y) for y in b]).sum()
+            fa = [x.reshape(-1) if x.dtype == acc else x.reshape(-1).to(acc) for x in a]
+            fb = [y.reshape(-1) if y.dtype == acc else y.reshape(-1).to(acc) for y in b]
+            if n == 1:
+                dpq = torch.stack([torch.dot(fa[0], fb[0]), torch.dot(fa[0], fa[0]), torch.dot(fb[0], fb[0])])
+            else:
+                dpq = torch.stack([torch.dot(x, y) for x, y in zip(fa, fb)] + [torch.dot(x, x) for x in fa]
+                                  + [torch.dot(y, y) for y in fb]).view(3, n).sum(1)
         ctx.n = n
-        ctx.save_for_backward(d, p, q, *tensors)
+        ctx.save_for_backward(dpq, *tensors)
+        d, p, q = dpq.unbind()
         return d * d / (p * q)
 
     @staticmethod
     def backward(ctx, g):
-        d, p, q, *tensors = ctx.saved_tensors
+        dpq, *tensors = ctx.saved_tensors
         n = ctx.n
-        a, b = list(tensors[:n]), list(tensors[n:])
-        pq = p * q
-        ca, cb = 2 * d / pq * g, -2 * d * d / (pq * p) * g  # ∂R/∂a = ca·b + cb·a
-        da, db = 2 * d / pq * g, -2 * d * d / (pq * q) * g  # ∂R/∂b = da·a + db·b
-
-        def combine(x, cx, y, cy):
-            out = torch._foreach_mul(x, cx.to(x[0].dtype))
-            torch._foreach_add_(out, torch._foreach_mul(y, cy.to(y[0].dtype)))
-            return out
-
-        grad_a = combine(b, ca, a, cb)
-        grad_b = combine(a, da, b, db)
+        a, b = tensors[:n], tensors[n:]
+        # [ca, cb, da, db] with ∂R/∂a = ca·b + cb·a and ∂R/∂b = da·a + db·b, in one vector
+        d, p, q = dpq.unbind()
+        r = 2 * d / (p * q) * g
+        coef = torch.stack([r, -r * d / p, r, -r * d / q])
+        grad_a, grad_b = [], []
+        cs = {}
+        for x, y in zip(a, b):
+            c = cs.get(x.dtype)
+            if c is None:
+                c = cs[x.dtype] = coef.to(x.dtype).unbind()
+            ca, cb, da, db = c
+            grad_a.append(torch.mul(y, ca).addcmul_(x, cb))
+            grad_b.append(torch.mul(x, da).addcmul_(y, db))
         return (None, *grad_a, *grad_b)
 
 

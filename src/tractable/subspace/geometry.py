@@ -104,8 +104,13 @@ def sample_coeffs(kind: str, K: int, generator: torch.Generator, n: int = 1) -> 
         u = torch.rand(n, K, generator=generator, dtype=torch.float64, device=generator.device).cpu()
         e = -torch.log1p(-u)  # Exp(1); 1 − U avoids log(0)
         return e / e.sum(dim=1, keepdim=True)
-    alphas = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-    return torch.stack([point_coeffs(kind, K, float(a)) for a in alphas])
+    alphas = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device).tolist()
+    # the same Python-float formulas as line_coeffs/bezier_coeffs (α ∈ [0, 1) needs no check), one tensor call
+    if kind == "line":
+        return torch.tensor([[1.0 - a, a] for a in alphas], dtype=torch.float64)
+    m = K - 1
+    return torch.tensor([[math.comb(m, i) * a ** i * (1.0 - a) ** (m - i) for i in range(K)] for a in alphas],
+                        dtype=torch.float64)
 
 
 def canonical_point(kind: str, K: int) -> Point:

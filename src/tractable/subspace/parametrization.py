@@ -36,9 +36,9 @@ class Endpoints(nn.Module):
         c = self.coeffs
         if len(originals) == 2:
             return torch.lerp(originals[0], originals[1], c[1])
-        w = originals[0] * c[0]
+        w = torch.mul(originals[0], c[0])  # one new tensor, then fused in-place multiply-adds
         for i in range(1, len(originals)):
-            w = w + originals[i] * c[i]
+            w = w.addcmul_(originals[i], c[i])
         return w
 
     def right_inverse(self, value: torch.Tensor):
