@@ -1,8 +1,6 @@
 """CRATE through the runner (TrAct on the patch-embedding Linear, 2-rank gloo DDP, kill -9 + resume), the
 crate-measure / crate-attention commands, and the CRATE presets."""
 import json
-import signal
-import time
 
 import pytest
 import torch
@@ -11,12 +9,12 @@ from safetensors.torch import load_file
 
 from tests.train.conftest import tiny_dict
 from tests.train.test_distributed import _free_port, _steps, _weights, _worker
-from tests.train.test_resume import _records, _run
+from tests.train.test_resume import assert_same_checkpoint, kill_and_resume
 from tractable.cli.main import main as cli_main
 from tractable.experiments.presets import list_presets, preset_config
 from tractable.models import create_model
 from tractable.models.crate import CRATE
-from tractable.train import config_from_dict, config_to_dict, latest_checkpoint, save_config, train
+from tractable.train import config_from_dict, config_to_dict, latest_checkpoint, train
 
 CRATE_MODEL = {"name": "crate", "kwargs": {"patch_size": 4, "dim": 24, "depth": 2, "heads": 3}}
 DATA = {"name": "synthetic", "kwargs": {"shape": [3, 8, 8], "num_classes": 4, "noise": 0.3},
@@ -68,31 +66,12 @@ def test_crate_sigkill_and_resume_is_bitwise(tmp_path):
     sections = dict(data={"subset": 160}, optim={"name": "adamw", "lr": 0.003, "weight_decay": 0.05},
                     method={"name": "tract", "l": 0.1}, schedule={"name": "cosine", "warmup_epochs": 1},
                     train={"epochs": 4, "save_every_steps": 3, "keep_checkpoints": 2})
-    paths = {n: tmp_path / f"{n}.yaml" for n in ("ref", "run", "resume")}
-    save_config(config_from_dict(crate_dict(tmp_path, "ref", **sections)), paths["ref"])
-    save_config(config_from_dict(crate_dict(tmp_path, "run", **sections)), paths["run"])
-    save_config(config_from_dict({**crate_dict(tmp_path, "run", **sections), "resume": True}), paths["resume"])
-    ref = _run(paths["ref"], 0)
-    victim = _run(paths["run"], 0.1)
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 90
-    while time.time() < deadline and victim.poll() is None:
-        ck = latest_checkpoint(ckpt_dir)
-        if ck is not None and int(ck.name.split("_")[1]) % 5:  # 5 steps per epoch: a mid-epoch checkpoint
-            break
-        time.sleep(0.01)
-    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert not (tmp_path / "run" / "summary.json").exists()
-    out_r, _ = _run(paths["resume"], 0).communicate(timeout=180)
-    out_ref, _ = ref.communicate(timeout=180)
-    w_ref = load_file(str(latest_checkpoint(tmp_path / "ref" / "checkpoints") / "model.safetensors"))
-    w_run = load_file(str(latest_checkpoint(ckpt_dir) / "model.safetensors"))
-    assert latest_checkpoint(ckpt_dir).name == "step_00000020", out_r.decode()
-    for k in w_ref:
-        assert torch.equal(w_ref[k], w_run[k]), k
-    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+    last_ref, last_run = kill_and_resume(
+        tmp_path, config_from_dict(crate_dict(tmp_path, "ref", **sections)),
+        config_from_dict(crate_dict(tmp_path, "run", **sections)),
+        config_from_dict({**crate_dict(tmp_path, "run", **sections), "resume": True}), delay=0.1)
+    assert last_run.name == "step_00000020"
+    assert_same_checkpoint(last_ref, last_run)
 
 
 @pytest.fixture(scope="module")

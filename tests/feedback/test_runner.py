@@ -1,7 +1,5 @@
 """The runner rules fa / dfa / usf / frsf / brsf / kp: options, checkpoints, DDP (2 gloo ranks), kill -9 + resume."""
 import os
-import signal
-import time
 
 import pytest
 import torch
@@ -11,10 +9,10 @@ from safetensors.torch import load_file
 
 import tractable.feedback as fb
 from tractable.train import (ConfigError, cleanup, config_from_dict, config_to_dict, init_distributed,
-                             latest_checkpoint, save_config, skip_interpreter_teardown, train)
+                             latest_checkpoint, skip_interpreter_teardown, train)
 from tests.train.conftest import tiny_dict
 from tests.train.test_distributed import SECTIONS, _free_port, _steps, _weights
-from tests.train.test_resume import _records, _run
+from tests.train.test_resume import assert_same_checkpoint, kill_and_resume
 
 
 def _cfg(tmp_path, name, method, **sections):
@@ -191,33 +189,8 @@ def test_sigkill_and_resume_is_bitwise_for_dfa(tmp_path):
         train={"epochs": 6, "save_every_steps": 3, "keep_checkpoints": 2},
     )
     method = {"name": "dfa", "placement": "post_ln"}
-    paths = {n: tmp_path / f"{n}.yaml" for n in ("ref", "run", "resume")}
-    save_config(_cfg(tmp_path, "ref", method, **sections), paths["ref"])
-    save_config(_cfg(tmp_path, "run", method, **sections), paths["run"])
-    save_config(config_from_dict(tiny_dict(tmp_path, "run", method=method, resume=True, **sections)),
-                paths["resume"])
-    ref = _run(paths["ref"], 0)
-    victim = _run(paths["run"], 0.05)
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 60
-    while time.time() < deadline and victim.poll() is None:
-        ck = latest_checkpoint(ckpt_dir)
-        if ck is not None and int(ck.name.split("_")[1]) % 5:
-            break
-        time.sleep(0.01)
-    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL and not (tmp_path / "run" / "summary.json").exists()
-    resumed = _run(paths["resume"], 0)
-    out_r, _ = resumed.communicate(timeout=120)
-    out_ref, _ = ref.communicate(timeout=120)
-    assert resumed.returncode == 0, out_r.decode()
-    assert ref.returncode == 0, out_ref.decode()
-    w_ref = load_file(str(latest_checkpoint(tmp_path / "ref" / "checkpoints") / "model.safetensors"))
-    w_run = load_file(str(latest_checkpoint(ckpt_dir) / "model.safetensors"))
-    assert latest_checkpoint(ckpt_dir).name == "step_00000030"
-    assert w_ref.keys() == w_run.keys() and "credit.B_0" in w_run
-    for k in w_ref:
-        assert torch.equal(w_ref[k], w_run[k]), k
-    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+    last_ref, last_run = kill_and_resume(
+        tmp_path, _cfg(tmp_path, "ref", method, **sections), _cfg(tmp_path, "run", method, **sections),
+        config_from_dict(tiny_dict(tmp_path, "run", method=method, resume=True, **sections)), wait_s=60, timeout=120)
+    assert last_run.name == "step_00000030"
+    assert "credit.B_0" in assert_same_checkpoint(last_ref, last_run)

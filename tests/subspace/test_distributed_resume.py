@@ -1,20 +1,17 @@
 """The subspace rule under 2-rank gloo DDP (shared α, identical endpoints, SyncBatchNorm) and after kill -9."""
 import json
 import os
-import signal
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
 
 from tests.train.conftest import tiny_dict
 from tests.train.test_distributed import _free_port, _steps, _weights
-from tests.train.test_resume import _records, _run
-from tractable.train import (Hook, cleanup, config_from_dict, config_to_dict, init_distributed, latest_checkpoint,
-                             save_config, skip_interpreter_teardown, train)
+from tests.train.test_resume import assert_same_checkpoint, kill_and_resume
+from tractable.train import (Hook, cleanup, config_from_dict, config_to_dict, init_distributed,
+                             skip_interpreter_teardown, train)
 
 LINE = {"name": "subspace", "kind": "curve", "beta": 1.0}
 # no accumulation: the point is drawn per micro-batch, so with train.grad_accum > 1 the samples of a micro-batch
@@ -92,33 +89,11 @@ def test_kill_and_resume_is_bitwise(tmp_path):
         schedule={"name": "cosine", "warmup_epochs": 1},
         train={"epochs": 4, "save_every_steps": 3, "keep_checkpoints": 2},
     )
-    paths = {n: tmp_path / f"{n}.yaml" for n in ("ref", "run", "resume")}
-    save_config(config_from_dict(tiny_dict(tmp_path, "ref", **sections)), paths["ref"])
-    save_config(config_from_dict(tiny_dict(tmp_path, "run", **sections)), paths["run"])
-    save_config(config_from_dict(tiny_dict(tmp_path, "run", resume=True, **sections)), paths["resume"])
-    ref = _run(paths["ref"], 0)
-    victim = _run(paths["run"], 0.1)
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 90
-    while time.time() < deadline and victim.poll() is None:
-        ck = latest_checkpoint(ckpt_dir)
-        if ck is not None and int(ck.name.split("_")[1]) % 5 and int(ck.name.split("_")[1]) > 5:
-            break  # mid-epoch, after an evaluation (BN recompute) has happened
-        time.sleep(0.01)
-    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert not (tmp_path / "run" / "summary.json").exists()
-    resumed = _run(paths["resume"], 0)
-    out_r, _ = resumed.communicate(timeout=180)
-    out_ref, _ = ref.communicate(timeout=180)
-    assert resumed.returncode == 0, out_r.decode()
-    assert ref.returncode == 0, out_ref.decode()
-    w_ref = load_file(str(latest_checkpoint(tmp_path / "ref" / "checkpoints") / "model.safetensors"))
-    w_run = load_file(str(latest_checkpoint(ckpt_dir) / "model.safetensors"))
-    assert w_ref.keys() == w_run.keys() and any("original1" in k for k in w_ref)
-    for k in w_ref:
-        assert torch.equal(w_ref[k], w_run[k]), k
-    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+    # killed mid-epoch after an evaluation (BN recompute) has happened
+    last_ref, last_run = kill_and_resume(
+        tmp_path, config_from_dict(tiny_dict(tmp_path, "ref", **sections)),
+        config_from_dict(tiny_dict(tmp_path, "run", **sections)),
+        config_from_dict(tiny_dict(tmp_path, "run", resume=True, **sections)), min_step=5, delay=0.1)
+    assert any("original1" in k for k in assert_same_checkpoint(last_ref, last_run))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_acc"] == \
         json.loads((tmp_path / "ref" / "summary.json").read_text())["test_acc"]

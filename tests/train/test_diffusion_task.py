@@ -1,8 +1,6 @@
 """The ``diffusion`` task in the runner: options validated like config keys, a run with TrAct, kill -9 + resume
 bit-identical, and a 2-rank gloo DDP smoke run (reusing the machinery of test_resume / test_distributed)."""
 import json
-import signal
-import time
 
 import pytest
 import torch
@@ -10,8 +8,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from tests.train.test_distributed import _free_port, _worker
-from tests.train.test_resume import _records, _run
-from tractable.train import ConfigError, config_from_dict, config_to_dict, latest_checkpoint, save_config, train
+from tests.train.test_resume import assert_same_checkpoint, kill_and_resume
+from tractable.train import ConfigError, config_from_dict, config_to_dict, latest_checkpoint, train
 from tractable.train.task import list_tasks
 
 
@@ -82,43 +80,14 @@ def test_eval_loss_uses_fixed_noise(tmp_path):
 
 def test_sigkill_and_resume_is_bitwise(tmp_path):
     kw = dict(epochs=4, save_every_steps=3, ema=0.9, keep_checkpoints=2, log_every=1)
-    ref_cfg, run_cfg, resume_cfg = tmp_path / "ref.yaml", tmp_path / "run.yaml", tmp_path / "resume.yaml"
-    save_config(config_from_dict(diffusion_dict(tmp_path, "ref", **kw)), ref_cfg)
-    save_config(config_from_dict(diffusion_dict(tmp_path, "run", **kw)), run_cfg)
     d = diffusion_dict(tmp_path, "run", **kw)
     d["resume"] = True
-    save_config(config_from_dict(d), resume_cfg)
-
-    ref = _run(ref_cfg, 0)
-    victim = _run(run_cfg, 0.1)
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and victim.poll() is None:
-        ck = latest_checkpoint(ckpt_dir)
-        if ck is not None and int(ck.name.split("_")[1]) % 5:  # mid-epoch (5 steps per epoch)
-            break
-        time.sleep(0.01)
-    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL
-    assert not (tmp_path / "run" / "summary.json").exists()
-
-    resumed = _run(resume_cfg, 0)
-    out_r, _ = resumed.communicate(timeout=300)
-    out_ref, _ = ref.communicate(timeout=300)
-    assert resumed.returncode == 0, out_r.decode()
-    assert ref.returncode == 0, out_ref.decode()
-    last_ref, last_run = latest_checkpoint(tmp_path / "ref" / "checkpoints"), latest_checkpoint(ckpt_dir)
+    last_ref, last_run = kill_and_resume(
+        tmp_path, config_from_dict(diffusion_dict(tmp_path, "ref", **kw)),
+        config_from_dict(diffusion_dict(tmp_path, "run", **kw)), config_from_dict(d), delay=0.1, wait_s=120,
+        timeout=300)
     assert last_run.name == "step_00000020"
-    w_ref, w_run = load_file(str(last_ref / "model.safetensors")), load_file(str(last_run / "model.safetensors"))
-    for k in w_ref:
-        assert torch.equal(w_ref[k], w_run[k]), k
-    e_ref = torch.load(last_ref / "state.pt", weights_only=True)["ema"]["module"]
-    e_run = torch.load(last_run / "state.pt", weights_only=True)["ema"]["module"]
-    for k in e_ref:
-        assert torch.equal(e_ref[k], e_run[k]), k
-    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+    assert_same_checkpoint(last_ref, last_run, ema=True)
 
 
 @pytest.mark.distributed

@@ -53,6 +53,60 @@ def _records(run_dir):
     return out
 
 
+def kill_and_resume(tmp_path, ref_cfg, run_cfg, resume_cfg, *, steps_per_epoch=5, min_step=0, delay=0.05,
+                    wait_s=90, timeout=180):
+    """Train ``ref_cfg`` to the end; train ``run_cfg`` (same run, another directory) with a ``delay`` after every
+    step and SIGKILL it as soon as it has a checkpoint inside an epoch (a step that is no multiple of
+    ``steps_per_epoch``, after ``min_step``); resume it with ``resume_cfg``. Checks that the victim died without a
+    summary, that both runs then end normally and that the resumed log equals the reference log; returns the last
+    checkpoint directories ``(ref, run)``."""
+    paths = {n: tmp_path / f"{n}.yaml" for n in ("ref", "run", "resume")}
+    for name, cfg in zip(paths, (ref_cfg, run_cfg, resume_cfg)):
+        save_config(cfg, paths[name])
+    ref = _run(paths["ref"], 0)
+    victim = _run(paths["run"], delay)
+    run_dir = tmp_path / run_cfg.name
+    ckpt_dir = run_dir / "checkpoints"
+    deadline = time.time() + wait_s
+    while time.time() < deadline and victim.poll() is None:
+        ck = latest_checkpoint(ckpt_dir)
+        step = int(ck.name.split("_")[1]) if ck is not None else 0
+        if step % steps_per_epoch and step > min_step:
+            break
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists()
+    assert latest_checkpoint(ckpt_dir) is not None
+
+    resumed = _run(paths["resume"], 0)
+    out_r, _ = resumed.communicate(timeout=timeout)
+    out_ref, _ = ref.communicate(timeout=timeout)
+    assert resumed.returncode == 0, out_r.decode()
+    assert ref.returncode == 0, out_ref.decode()
+    ref_dir = tmp_path / ref_cfg.name
+    assert _records(run_dir) == _records(ref_dir)  # the log continues without duplicates
+    return latest_checkpoint(ref_dir / "checkpoints"), latest_checkpoint(ckpt_dir)
+
+
+def assert_same_checkpoint(last_ref, last_run, *, ema=False):
+    """Bit-identical weights (and EMA weights) in two checkpoint directories."""
+    w_ref = load_file(str(last_ref / "model.safetensors"))
+    w_run = load_file(str(last_run / "model.safetensors"))
+    assert w_ref.keys() == w_run.keys()
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_run[k]), k
+    if ema:
+        e_ref = torch.load(last_ref / "state.pt", weights_only=True)["ema"]["module"]
+        e_run = torch.load(last_run / "state.pt", weights_only=True)["ema"]["module"]
+        assert e_ref.keys() == e_run.keys()
+        for k in e_ref:
+            assert torch.equal(e_ref[k], e_run[k]), k
+    return w_run
+
+
 def test_sigkill_and_resume_is_bitwise(tiny_cfg, tmp_path):
     sections = dict(
         data={"subset": 160, "batch_size": 32, "augment": "crop_flip"},  # 5 steps per epoch
@@ -60,46 +114,10 @@ def test_sigkill_and_resume_is_bitwise(tiny_cfg, tmp_path):
         schedule={"name": "cosine", "warmup_epochs": 1},
         train={"epochs": 8, "save_every_steps": 3, "ema": 0.9, "keep_checkpoints": 2},
     )
-    ref_cfg, run_cfg, resume_cfg = tmp_path / "ref.yaml", tmp_path / "run.yaml", tmp_path / "resume.yaml"
-    save_config(tiny_cfg("ref", **sections), ref_cfg)
-    save_config(tiny_cfg("run", **sections), run_cfg)
-    save_config(tiny_cfg("run", resume=True, **sections), resume_cfg)
-
-    ref = _run(ref_cfg, 0)
-    victim = _run(run_cfg, 0.05)
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 60
-    # wait for a checkpoint that is not at an epoch boundary (step 3, 6, 9, ... with 5 steps per epoch)
-    while time.time() < deadline and victim.poll() is None:
-        ck = latest_checkpoint(ckpt_dir)
-        if ck is not None and int(ck.name.split("_")[1]) % 5:
-            break
-        time.sleep(0.01)
-    assert victim.poll() is None, "the run finished before it could be killed: " + victim.stdout.read().decode()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL
-    assert not (tmp_path / "run" / "summary.json").exists()
-    killed_at = latest_checkpoint(ckpt_dir)
-    assert killed_at is not None
-
-    resumed = _run(resume_cfg, 0)
-    out_r, _ = resumed.communicate(timeout=120)
-    out_ref, _ = ref.communicate(timeout=120)
-    assert resumed.returncode == 0, out_r.decode()
-    assert ref.returncode == 0, out_ref.decode()
-
-    w_ref = load_file(str(latest_checkpoint(tmp_path / "ref" / "checkpoints") / "model.safetensors"))
-    w_run = load_file(str(latest_checkpoint(ckpt_dir) / "model.safetensors"))
-    assert latest_checkpoint(ckpt_dir).name == "step_00000040"
-    assert w_ref.keys() == w_run.keys()
-    for k in w_ref:
-        assert torch.equal(w_ref[k], w_run[k]), k
-    ema_ref = torch.load(latest_checkpoint(tmp_path / "ref" / "checkpoints") / "state.pt", weights_only=True)
-    ema_run = torch.load(latest_checkpoint(ckpt_dir) / "state.pt", weights_only=True)
-    for k, v in ema_ref["ema"]["module"].items():
-        assert torch.equal(v, ema_run["ema"]["module"][k]), k
+    last_ref, last_run = kill_and_resume(tmp_path, tiny_cfg("ref", **sections), tiny_cfg("run", **sections),
+                                         tiny_cfg("run", resume=True, **sections), timeout=120)
+    assert last_run.name == "step_00000040"
+    assert_same_checkpoint(last_ref, last_run, ema=True)
     s_ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
     s_run = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s_run["test_acc"] == s_ref["test_acc"] and s_run["steps"] == 40
-    assert _records(tmp_path / "run") == _records(tmp_path / "ref")  # the log continues without duplicates
