@@ -26,6 +26,7 @@ import torch
 
 from tractable.models import create_model, model_defaults
 from tractable.models.crate import CRATE, load_crate_checkpoint, read_state_dict
+from tractable.train.report import new_figure
 
 __all__ = ["load_crate_model", "dataset_images", "run_measure", "run_attention", "fashion_report",
            "plot_layer_curves", "attention_figure", "mae_reconstruction_figure"]
@@ -169,12 +170,7 @@ def _images(specs: Sequence[str], net: CRATE, meta: dict, image_size, mean, std,
 # ------------------------------------------------------------------------------------------------ measure
 def plot_layer_curves(series: Dict[str, List[dict]], path: Path, title: str = "") -> Path:
     """Two panels: R^c per layer (mean ± std) and the non-zero fraction of the ISTA output per layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = new_figure((9, 3.4), 1, 2)
     for label, stats in series.items():
         layers = [s["layer"] for s in stats]
         axes[0].errorbar(layers, [s["rc_mean"] for s in stats], yerr=[s["rc_std"] for s in stats], marker="o",
@@ -193,7 +189,6 @@ def plot_layer_curves(series: Dict[str, List[dict]], path: Path, title: str = ""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -258,17 +253,12 @@ def attention_figure(images: torch.Tensor, labels: List[str], maps: torch.Tensor
                      title: str = "") -> Path:
     """PNG grid: per image the input, every head's upsampled cls map, the head average and its mass threshold,
     and (if given) the PCA RGB image and foreground mask."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from tractable.whitebox import foreground_mask, mass_threshold, upsample_maps
 
     B, K = maps.shape[:2]
     mean_map = maps.mean(1)
     cols = 1 + K + 1 + (1 if threshold else 0) + (2 if pca is not None else 0)
-    fig, axes = plt.subplots(B, cols, figsize=(1.35 * cols, 1.4 * B + 0.4), squeeze=False)
+    fig, axes = new_figure((1.35 * cols, 1.4 * B + 0.4), B, cols, squeeze=False)
     up = upsample_maps(maps, patch)
     up_mean = upsample_maps(mean_map, patch)
     for b in range(B):
@@ -308,7 +298,6 @@ def attention_figure(images: torch.Tensor, labels: List[str], maps: torch.Tensor
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
@@ -429,15 +418,10 @@ def mae_reconstruction_figure(model, images: torch.Tensor, path, mask_ratio: Opt
                               seed: int = 0) -> Path:
     """PNG rows per image: the input, the masked input, the reconstruction, and the reconstruction pasted into
     the visible patches (:meth:`tractable.models.crate_mae.CRATEMAE.reconstruct`; masks from ``seed``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     model.eval()
     masked, rec, pasted = model.reconstruct(images, mask_ratio, torch.Generator().manual_seed(seed))
     B = images.shape[0]
-    fig, axes = plt.subplots(B, 4, figsize=(6, 1.5 * B + 0.3), squeeze=False)
+    fig, axes = new_figure((6, 1.5 * B + 0.3), B, 4, squeeze=False)
     for b in range(B):
         for j, (img, title) in enumerate(((images[b], "input"), (masked[b], "masked"), (rec[b], "reconstruction"),
                                           (pasted[b], "rec. + visible"))):
@@ -450,5 +434,4 @@ def mae_reconstruction_figure(model, images: torch.Tensor, path, mask_ratio: Opt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

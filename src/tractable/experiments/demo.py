@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from tractable.train.config import apply_overrides, config_from_dict
+from tractable.train.report import new_figure
 
 
 @dataclass
@@ -150,14 +151,7 @@ def verdict(curves: Dict[str, List[List[float]]]) -> str:
 
 
 def plot_curves(curves: Dict[str, List[List[float]]], path: Path) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'tractable[plot]'") from e
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
     for label, runs in curves.items():
         epochs = range(1, len(runs[0]) + 1)
         stats = [_mean_std([r[e] for r in runs]) for e in range(len(runs[0]))]
@@ -172,5 +166,4 @@ def plot_curves(curves: Dict[str, List[List[float]]], path: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

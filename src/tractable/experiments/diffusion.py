@@ -36,6 +36,7 @@ from tractable.diffusion import (
     feature_stats,
     frechet_distance_from_stats,
 )
+from tractable.train.report import new_figure
 
 __all__ = ["load_run", "sample", "save_grid", "pixel_clip", "dataset_images", "train_fid_classifier",
            "fid_over_checkpoints", "plot_fid", "checkpoint_steps"]
@@ -144,10 +145,7 @@ def sample(model, diffusion, info, n: int, *, steps: int = 50, sampler: str = "d
 def save_grid(images: torch.Tensor, info, path: Union[str, Path], nrow: Optional[int] = None) -> Path:
     """Standardised images → pixel space → one PNG grid (matplotlib)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: F401
+        from matplotlib.image import imsave
     except ImportError as e:
         raise ImportError("sample grids need matplotlib: pip install 'tractable[plot]'") from e
     import numpy as np
@@ -166,12 +164,10 @@ def save_grid(images: torch.Tensor, info, path: Union[str, Path], nrow: Optional
     path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, 256 // max(arr.shape[0], 1))
     arr = np.kron(arr, np.ones((scale, scale, 1)))  # nearest-neighbour upscaling for small images
-    import matplotlib.pyplot as plt
-
     if c == 1:
-        plt.imsave(path, arr[:, :, 0], cmap="gray", vmin=0, vmax=1)
+        imsave(path, arr[:, :, 0], cmap="gray", vmin=0, vmax=1)
     else:
-        plt.imsave(path, np.clip(arr, 0, 1))
+        imsave(path, np.clip(arr, 0, 1))
     return path
 
 
@@ -336,14 +332,7 @@ def fid_table(results) -> str:
 
 def plot_fid(results, path: Union[str, Path]) -> Path:
     """FID vs training steps, one line per label (mean over runs, ± std band)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError("plots need matplotlib: pip install 'tractable[plot]'") from e
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
     for label, g in _group(results).items():
         steps = sorted(g)
         ms = [_mean_std(g[s]) for s in steps]
@@ -360,5 +349,4 @@ def plot_fid(results, path: Union[str, Path]) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from tractable.train.report import new_figure
 
 __all__ = ["AuditConfig", "ARCHS", "METHODS", "KINDS", "RunSpec", "plan", "run_audit", "quick_config",
            "available_methods", "summarize"]
@@ -656,10 +657,7 @@ def _markdown(cfg: AuditConfig, s: Dict[str, Any]) -> str:
 
 def _plots(cfg: AuditConfig, s: Dict[str, Any], out: Path) -> List[str]:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        new_figure((1, 1))
     except ImportError:
         warnings.warn("fa-audit: matplotlib is not installed, no plots (pip install 'tractable[plot]')")
         return []
@@ -669,7 +667,7 @@ def _plots(cfg: AuditConfig, s: Dict[str, Any], out: Path) -> List[str]:
         return files
     for what, key, ylabel, fname in (("per-point cosine to BP", "cosine", "cos(signal_k, g_k)", "cosine.png"),
                                      ("growth per block", "growth", "growth (corrected)", "growth.png")):
-        fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.4), squeeze=False)
+        fig, axes = new_figure((4.5 * len(archs), 3.4), 1, len(archs), squeeze=False)
         for ax, arch in zip(axes[0], archs):
             for r in (r for r in s["rows"] if r["arch"] == arch):
                 vals = r[key]
@@ -687,9 +685,8 @@ def _plots(cfg: AuditConfig, s: Dict[str, Any], out: Path) -> List[str]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
         files.append(str(out / fname))
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.6), squeeze=False)
+    fig, axes = new_figure((5 * len(archs), 3.6), 1, len(archs), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         rows = [r for r in s["rows"] if r["arch"] == arch]
         labels = []
@@ -716,7 +713,6 @@ def _plots(cfg: AuditConfig, s: Dict[str, Any], out: Path) -> List[str]:
         ax.set_title(f"{arch}: accuracy vs baselines")
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
     files.append(str(out / "accuracy.png"))
     return files
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import yaml
+
+from tractable.train.report import new_figure
 
 __all__ = ["load_run", "evaluate_run", "ensemble_eval", "plot_line", "plot_simplex"]
 
@@ -156,18 +158,9 @@ def summary_table(res: Dict[str, Any]) -> str:
     return "\n".join(["| network | acc (%) | NLL | ECE (%) |", "|---|---|---|---|", *rows])
 
 
-def _figure(figsize):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ImportError("plotting needs matplotlib: pip install 'tractable[plot]'") from e
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots()
-
-
 def plot_line(res: Dict[str, Any], path, refs: Optional[Dict[str, float]] = None) -> Path:
     """Accuracy along the line/curve, the α / 1−α ensembles and horizontal references (paper Fig. 4 style)."""
-    fig, ax = _figure((6, 4))
+    fig, ax = new_figure((6, 4))
     xs = [p["alpha"] for p in res["points"]]
     ax.plot(xs, [100 * p["acc"] for p in res["points"]], marker="o", ms=3, label=f"{res['kind']}: network at α")
     pairs = res.get("pairs", [])
@@ -190,7 +183,7 @@ def plot_line(res: Dict[str, Any], path, refs: Optional[Dict[str, float]] = None
 
 def plot_simplex(res: Dict[str, Any], path) -> Path:
     """Accuracy over a 3-vertex simplex (barycentric grid) as a heat-map."""
-    fig, ax = _figure((5, 4.4))
+    fig, ax = new_figure((5, 4.4))
     pts = res["heatmap"]
     corners = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 3 ** 0.5 / 2]])
     xy = torch.tensor([p["t"] for p in pts]) @ corners

@@ -18,19 +18,21 @@ import yaml
 
 from tractable.train.metrics_log import read_metrics
 
-__all__ = ["plot_run", "compare_runs", "plot_compare", "read_summary"]
+__all__ = ["plot_run", "compare_runs", "plot_compare", "read_summary", "new_figure"]
 
 PathLike = Union[str, Path]
 
 
-def _figure(figsize):
-    """A matplotlib Figure (no pyplot, so no global backend or figure state is touched)."""
+def new_figure(figsize, nrows: int = 1, ncols: int = 1, **subplots_kw):
+    """``(fig, axes)``: a matplotlib Figure with its subplots (``Figure.subplots`` arguments), made without
+    pyplot, so no global backend or figure state is touched (nothing to close; the figure is garbage once
+    saved). Every plot of the package is drawn on one of these."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError("plotting needs matplotlib: pip install 'tractable[plot]'") from e
     fig = Figure(figsize=figsize)
-    return fig, fig.subplots()
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
 
 
 def read_summary(run_dir: PathLike) -> Dict[str, Any]:
@@ -51,7 +53,7 @@ def plot_run(run_dir: PathLike) -> List[Path]:
     records = read_metrics(run_dir)
     if not records:
         raise FileNotFoundError(f"plot_run: no metrics in {run_dir / 'metrics.jsonl'}")
-    _figure((1, 1))  # fail early with the install hint
+    new_figure((1, 1))  # fail early with the install hint
     out_dir = run_dir / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written: List[Path] = []
@@ -65,7 +67,7 @@ def plot_run(run_dir: PathLike) -> List[Path]:
         written.append(path)
 
     # loss: per-step training loss against epochs, per-epoch train/test loss
-    fig, ax = _figure((6, 4))
+    fig, ax = new_figure((6, 4))
     xs, ys = _series(records, "step", "step", "loss")
     if xs:
         ax.plot([s / steps_per_epoch for s in xs], ys, lw=0.8, alpha=0.5, label="train (step)")
@@ -83,7 +85,7 @@ def plot_run(run_dir: PathLike) -> List[Path]:
 
     acc_keys = [k for k in epoch_keys if k.endswith("acc") or k.endswith("acc5")]
     if acc_keys:
-        fig, ax = _figure((6, 4))
+        fig, ax = new_figure((6, 4))
         epoch_curves(ax, acc_keys, "accuracy")
         save(fig, "accuracy.png")
 
@@ -91,7 +93,7 @@ def plot_run(run_dir: PathLike) -> List[Path]:
     if not xs:  # no step records (log_every larger than the run): the lr at the end of each epoch
         xs, ys = _series(records, "epoch", "step", "lr")
     if xs:
-        fig, ax = _figure((6, 3))
+        fig, ax = new_figure((6, 3))
         ax.plot(xs, ys)
         ax.set_xlabel("step")
         ax.set_ylabel("learning rate")
@@ -208,7 +210,7 @@ def plot_compare(run_dirs: Sequence[PathLike], path: PathLike, metric: Optional[
     if metric is None:
         has_acc = any(r.get("kind") == "epoch" and "test_acc" in r for _, recs in runs for r in recs)
         metric = "test_acc" if has_acc else "test_loss"
-    fig, ax = _figure((6, 4))
+    fig, ax = new_figure((6, 4))
     plotted = 0
     for name, recs in runs:
         xs, ys = _series(recs, "epoch", "epoch", metric)
