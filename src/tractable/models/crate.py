@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 from tractable.models import _checks
 from tractable.models.registry import register_model
+from tractable.models.vit import patchify
 
 __all__ = [
     "CRATE",
@@ -94,14 +95,7 @@ ImageSize = Union[int, Tuple[int, int]]
 def crate_patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) → (B, (H/P)(W/P), P·P·C): patches row-major over the grid, each flattened in
     (row-in-patch, column-in-patch, channel) order — einops ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)``."""
-    if x.dim() != 4:
-        raise ValueError(f"crate: expected images of shape (B, C, H, W), got shape {tuple(x.shape)}")
-    B, C, H, W = x.shape
-    p = patch_size
-    if H % p or W % p:
-        raise ValueError(f"crate: image height and width must be multiples of patch_size={p}, got {H}×{W}")
-    x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(B, (H // p) * (W // p), p * p * C)
+    return patchify(x, patch_size)  # the ViTs' patch order is the same
 
 
 def ista_step(x: torch.Tensor, D: torch.Tensor, eta: float = 0.1, lam: float = 0.1,
