@@ -55,6 +55,7 @@ def interleaved(
     max_reps: Optional[int] = None,
     cpu_times: Optional[Dict[str, List[float]]] = None,
     sync: Optional[Callable[[], None]] = None,
+    block: int = 1,
 ) -> Dict[str, List[float]]:
     """Time every callable round-robin: each repetition runs every variant once, in a rotating order.
 
@@ -66,6 +67,11 @@ def interleaved(
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) is called before every clock reading, so that a step's time
     covers exactly its own queued device work; ``None`` (the CPU) calls nothing.
+
+    ``block`` > 1: each timed sample is one untimed call followed by ``block`` consecutive timed calls of the
+    same variant (the sample is their mean), i.e. steady-state steps as in a training loop, whose working set
+    is warm in the caches. With ``block`` = 1 every sample is a single call right after the other variants ran
+    (cold caches: a variant with a larger working set also pays for fetching it).
     """
     names = list(fns)
     last_round = 0.0
@@ -74,7 +80,8 @@ def interleaved(
             sync()
         t0 = time.perf_counter()
         for name in names:
-            fns[name]()
+            for _ in range(block if block == 1 else block + 1):
+                fns[name]()
         if sync is not None:
             sync()
         last_round = time.perf_counter() - t0
@@ -85,16 +92,19 @@ def interleaved(
     for r in range(reps):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if block > 1:
+                fns[name]()
             if sync is not None:
                 sync()
             c0 = time.process_time()
             t0 = time.perf_counter()
-            fns[name]()
+            for _ in range(block):
+                fns[name]()
             if sync is not None:
                 sync()
             t1 = time.perf_counter()
-            times[name].append(t1 - t0)
-            cpu[name].append(time.process_time() - c0)
+            times[name].append((t1 - t0) / block)
+            cpu[name].append((time.process_time() - c0) / block)
     if cpu_times is not None:
         cpu_times.update(cpu)
     return times

@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS))
     p.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per setting")
+    p.add_argument("--block", type=int, default=10,
+                   help="consecutive steps per timed sample (steady state, as in training); 1 = single cold steps")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "subspace_step.json"))
     a = p.parse_args(argv)
     import torch
@@ -133,7 +135,8 @@ def main(argv=None) -> int:
         fns = {v: b[0] for v, b in built.items()}
         cpu: dict = {}
         times = _timing.interleaved(fns, reps=3 if a.quick else 10, warmup=1 if a.quick else 3,
-                                    budget_s=None if a.quick else a.budget, max_reps=200, cpu_times=cpu)
+                                    budget_s=None if a.quick else a.budget, max_reps=200, cpu_times=cpu,
+                                    block=a.block)
         base = statistics.median(times["standard"])
         base_cpu = statistics.median(cpu["standard"])
         entry = {}

@@ -94,7 +94,7 @@ def test_gradient_split_is_exact(kind, point):
         g = dict(plain.named_parameters())[name].grad
         assert g.abs().sum() > 0
         for i in range(sub.K):
-            got = sub.endpoint(name, i).grad
+            got = sub.endpoint_grad(name, i)
             assert torch.equal(got, g * float(coeffs[i])), (name, i)
 
 
@@ -176,6 +176,23 @@ def test_checkpoint_round_trip_is_strict_and_exact(tmp_path):
         _make(kind="line")[0].load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True), strict=True)
 
 
+def test_checkpoints_of_the_unstacked_layout_still_load_strictly():
+    """tractable's first layout stored K tensors ``original0`` … ``original{K-1}``; they load into the stacked one."""
+    model, sub = _make(kind="curve")
+    sd = model.state_dict()
+    old = {}
+    for k, v in sd.items():
+        if k.endswith(".original"):
+            old.update({f"{k}{i}": v[i].clone() for i in range(v.shape[0])})
+        else:
+            old[k] = v.clone()
+    assert any(k.endswith("original2") for k in old) and not any(k.endswith(".original") for k in old)
+    fresh, sub2 = _make(kind="curve", seed=5)
+    fresh.load_state_dict(old, strict=True)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
 def test_plain_checkpoint_import():
     torch.manual_seed(3)
     pretrained = BNCNN()
@@ -208,8 +225,8 @@ def test_regularizer_matches_float64_concatenation():
     assert sub.stats()["cos2_mean"] == pytest.approx(allp.item(), rel=1e-5)
     allp.backward()
     for n in regs:
-        assert all(sub.endpoint(n, i).grad.abs().sum() > 0 for i in range(3))
-    assert sub.endpoint("bn1.weight", 0).grad is None
+        assert all(sub.endpoint_grad(n, i).abs().sum() > 0 for i in range(3))
+    assert sub.endpoint_grad("bn1.weight", 0) is None
     with pytest.raises(ValueError, match="pass generator="):
         sub.regularizer(1.0)
     with pytest.raises(ValueError, match="beta: .* >= 0"):
@@ -222,15 +239,35 @@ def test_regularizer_matches_float64_concatenation():
     assert line.regularizer(0.5).item() == pytest.approx(0.5, rel=1e-6)
 
 
-def test_cos2_backward_matches_autograd_in_float64():
+@pytest.mark.parametrize("pairs", [((0, 1),), ((0, 2),), ((0, 1), (0, 2), (1, 2))])
+def test_cos2_value_and_backward_match_autograd_in_float64(pairs):
+    """_Cos2 (forward and hand-written backward, direct path) against autograd on the float64 formula over
+    the concatenated stored points; the routed path (S handed to the mix node) gives the same gradient."""
     from tractable.subspace.convert import _Cos2
+    from tractable.subspace.parametrization import _MixRouted
 
     g = torch.Generator().manual_seed(0)
-    ts_ = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((3, 4), (5,), (3, 4), (5,))]
-    assert torch.autograd.gradcheck(lambda *t: _Cos2.apply(2, *t), ts_)
-    a = torch.cat([ts_[0].flatten(), ts_[1]])
-    b = torch.cat([ts_[2].flatten(), ts_[3]])
-    assert torch.allclose(_Cos2.apply(2, *ts_), (a @ b) ** 2 / ((a @ a) * (b @ b)))
+    st = [torch.randn(3, *s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((3, 4), (5,))]
+    assert torch.autograd.gradcheck(lambda *t: _Cos2.apply(pairs, 0.7, tuple(t), False, *t), st)
+
+    def ref(*t):
+        flat = torch.cat([x.reshape(3, -1) for x in t], 1)
+        return 0.7 * torch.stack([(flat[i] @ flat[j]) ** 2 / ((flat[i] @ flat[i]) * (flat[j] @ flat[j]))
+                                  for i, j in pairs]).mean()
+
+    want = torch.autograd.grad(ref(*st), st)
+    value = _Cos2.apply(pairs, 0.7, tuple(st), False, *st)
+    assert torch.allclose(value, ref(*st), rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(value, st), want):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
+    # routed: every tensor's mix node receives S and returns c ⊗ ∂L/∂w + S · E
+    c = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    outs = [_MixRouted.apply(t, c) for t in st]
+    loss = sum((w * w).sum() for w, _ in outs) + _Cos2.apply(pairs, 0.7, tuple(st), True, *[r for _, r in outs])
+    got = torch.autograd.grad(loss, st)
+    for t, a, b in zip(st, got, want):
+        w = (c.view(3, *[1] * (t.dim() - 1)) * t).sum(0)
+        assert torch.allclose(a, b + c.view(3, *[1] * (t.dim() - 1)) * 2 * w, rtol=1e-10, atol=1e-14)
 
 
 def test_layerwise_draws_are_per_module_and_shared_within_a_module():
@@ -269,16 +306,22 @@ def test_num_samples_splits_the_batch_with_one_point_per_chunk():
 def test_optimizer_guard_param_groups_and_export_leaves_the_model_usable():
     torch.manual_seed(0)
     model = BNCNN()
-    early = torch.optim.SGD(model.parameters(), lr=0.1)
+    early = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(X).sum().backward()
+    early.step()  # momentum buffers in the plain shapes
+    model.zero_grad()
     sub = ts.convert(model, BNCNN, kind="line")
-    with pytest.raises(ValueError, match="built before convert"):
+    with pytest.raises(ValueError, match="stepped before convert"):
         sub.check_optimizer(early)
+    sub.check_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))  # the same objects, stacked
+    with pytest.raises(ValueError, match="not in the model"):
+        sub.check_optimizer(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1))
     sub.check_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
     no_decay = lambda name, p: name.endswith(".bias") or name.startswith("bn")  # noqa: E731
     groups = sub.param_groups(5e-4, no_decay)
     plain_names = {n for n, p in BNCNN().named_parameters() if no_decay(n, p)}
     got = {sub.canonical_name(n) for n, p in model.named_parameters() if any(p is q for q in groups[1]["params"])}
-    assert got == plain_names and len(groups[1]["params"]) == 2 * len(plain_names)
+    assert got == plain_names and len(groups[1]["params"]) == len(plain_names)
     state = torch.get_rng_state()
     sub.export(0.5)
     assert torch.equal(state, torch.get_rng_state())
@@ -362,9 +405,94 @@ def test_tract_on_the_first_layer_of_a_subspace_model():
     b, lam = X64.shape[0], 0.1
     ref = G.T @ X64 @ torch.linalg.inv(X64.T @ X64 / b + lam * torch.eye(6, dtype=torch.float64))
     for i, c in enumerate((0.75, 0.25)):
-        assert torch.allclose(sub.endpoint("0.weight", i).grad.double(), c * ref, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(sub.endpoint_grad("0.weight", i).double(), c * ref, atol=1e-5, rtol=1e-4)
     # the bias and the other layer keep ordinary gradients
     plain = sub.export(0.25)
     F.cross_entropy(plain(x), y).backward()
-    assert torch.allclose(sub.endpoint("2.weight", 1).grad, 0.25 * plain[2].weight.grad, atol=1e-7)
-    assert torch.allclose(sub.endpoint("0.bias", 0).grad, 0.75 * plain[0].bias.grad, atol=1e-7)
+    assert torch.allclose(sub.endpoint_grad("2.weight", 1), 0.25 * plain[2].weight.grad, atol=1e-7)
+    assert torch.allclose(sub.endpoint_grad("0.bias", 0), 0.75 * plain[0].bias.grad, atol=1e-7)
+
+
+def test_routed_regularizer_gradient_equals_the_direct_one_and_separate_backwards_work():
+    """With prepare_regularizer() the regulariser's gradient goes through each tensor's mix node, fused with its
+    own gradient; it equals the direct path (separate gradient tensors summed by autograd) up to rounding, also
+    when the loss and the regulariser are backpropagated in two calls."""
+    y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for mode in ("direct", "routed", "two_calls"):
+        model, sub = _make(kind="simplex", k=3)
+        if mode != "direct":
+            sub.prepare_regularizer()
+        model.train()
+        sub.set_point([0.2, 0.5, 0.3])
+        loss = F.cross_entropy(model(X), y)
+        reg = sub.regularizer(0.8, pairs="all")
+        assert reg.grad_fn is not None
+        if mode == "two_calls":
+            loss.backward()
+            reg.backward()
+        else:
+            (loss + reg).backward()
+        grads[mode] = {n: sub.stacked(n).grad.clone() for n in sub.tensor_names()}
+    for n, g in grads["direct"].items():
+        assert g.abs().sum() > 0
+        for mode in ("routed", "two_calls"):
+            assert torch.allclose(grads[mode][n], g, rtol=1e-5, atol=1e-7), (mode, n)
+
+
+def test_routed_regularizer_refuses_points_changed_in_place_and_stale_routes_fall_back():
+    model, sub = _make(kind="line")
+    sub.prepare_regularizer()
+    model.train()
+    model(X).sum().backward()
+    with torch.no_grad():
+        sub.stacked("fc.weight").mul_(1.0)  # an optimizer step: the forward's route is stale
+    reg = sub.regularizer(1.0)  # direct path, still correct
+    reg.backward()
+    model2, sub2 = _make(kind="line")
+    sub2.prepare_regularizer()
+    model2.train()
+    model2(X)
+    reg2 = sub2.regularizer(1.0)  # routed through the forward's nodes
+    with torch.no_grad():
+        sub2.stacked("fc.weight").mul_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        reg2.backward()
+
+
+def test_two_forwards_at_different_points_share_one_backward():
+    """Every point is a new coefficient tensor, so a graph keeps the point it was built at."""
+    model, sub = _make(kind="line")
+    model.train()
+    sub.set_point(0.25)
+    a = model(X).square().mean()
+    sub.set_point(0.75)
+    b = model(X).square().mean()
+    (a + b).backward()
+    got = {n: sub.stacked(n).grad.clone() for n in sub.tensor_names()}
+    ref_model, ref = _make(kind="line")
+    ref_model.train()
+    for p in (0.25, 0.75):
+        ref.set_point(p)
+        ref_model(X).square().mean().backward()
+    for n in got:
+        assert torch.allclose(got[n], ref.stacked(n).grad, rtol=1e-5, atol=1e-7), n
+
+
+def test_fast_getter_matches_parametrize_and_deep_copies_read_their_own_points():
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    model, sub = _make(kind="curve")
+    sub.set_point(0.3)
+    model.eval()
+    with torch.no_grad():
+        out = model(X)
+        with parametrize.cached():  # parametrize's own (cached) getter
+            assert torch.equal(model(X), out)
+        twin = copy.deepcopy(model)
+        for p in twin.parameters():
+            p.mul_(0.5)
+        assert torch.equal(model(X), out)  # the copy shares the parametrized class, not the tensors
+        assert not torch.equal(twin(X), out)

@@ -115,6 +115,8 @@ class SubspaceRule(LearningRule):
         fn = self.model_fn if self.model_fn is not None else reinit_factory(model)
         self.sub = convert(model, fn, kind=o.kind, k=o.k, layerwise=o.layerwise, num_samples=o.num_samples,
                            norm_endpoints=o.norm_endpoints, control_init=o.control_init)
+        if o.beta > 0:  # the regulariser's gradient fused from the first step on (a resumed run matches)
+            self.sub.prepare_regularizer()
         return model
 
     def hooks(self) -> List[Hook]:

@@ -1,7 +1,8 @@
 """``convert(model, model_fn, kind, k, layerwise, ...)`` and the :class:`Subspace` controller it returns.
 
 Conversion registers one :class:`~tractable.subspace.parametrization.Endpoints` parametrization on every
-selected parameter of ``model`` (in place). The stored points of a tensor are, in this order:
+selected parameter of ``model`` (in place): the parameter becomes ``<module>.parametrizations.<name>.original``
+of shape (K, *shape), its K stored points stacked along the first dimension, in this order:
 
 * line: [ω₀ (the model's current value), ω₁ (from a fresh ``model_fn()``)];
 * curve: [start ω₀, control θ, end ω₁] (θ from the first ``model_fn()`` call, or the chord midpoint);
@@ -12,8 +13,9 @@ the paper); ``"independent"`` takes them from ``model_fn()`` too. Parameters wit
 alone (a frozen backbone stays one network); ``param_filter(module_name, param_name, param) -> bool`` narrows
 the selection further.
 
-The :class:`Subspace` only writes coefficient vectors into the parametrizations' ``coeffs`` buffers: one vector
-for all modules (global), or one per module (``layerwise``; a module's weight and bias share it). It never owns
+The :class:`Subspace` only sets coefficient vectors as the parametrizations' ``coeffs`` buffers: one vector
+for all modules (global), or one per module (``layerwise``; a module's weight and bias share it). Every point
+is a new small tensor (never an in-place write), so two forwards at different points can share one backward. It never owns
 tensors the model does not, so the model's own ``state_dict`` is the checkpoint: restore by converting a fresh
 model the same way and calling ``load_state_dict(strict=True)``.
 """
@@ -30,14 +32,14 @@ from torch.nn.utils import parametrize
 
 from tractable.subspace import batchnorm as _bn
 from tractable.subspace.geometry import Point, canonical_point, check_kind, point_coeffs, sample_coeffs
-from tractable.subspace.parametrization import Endpoints
+from tractable.subspace.parametrization import Endpoints, _stack_legacy_keys, install_fast_getter
 
 __all__ = ["convert", "Subspace", "NORM_TYPES", "is_subspace_model"]
 
 NORM_TYPES: Tuple[type, ...] = tuple(t for t in (
     nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
     getattr(nn, "RMSNorm", None), nn.LocalResponseNorm) if t is not None)
-_PARAM_RE = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original(\d+)$")
+_PARAM_RE = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original$")
 _UNSUPPORTED = (nn.RNNBase,)
 
 
@@ -55,13 +57,14 @@ class _Entry:
     def name(self) -> str:
         return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
 
-    def originals(self) -> List[torch.Tensor]:
-        plist = self.module.parametrizations[self.param_name]
-        return [getattr(plist, f"original{i}") for i in range(self.endpoints.K)]
+    def stacked(self) -> nn.Parameter:
+        """The (K, *shape) Parameter holding the K stored points (looked up live: ``.to()`` may replace it)."""
+        return self.module.parametrizations[self.param_name].original
 
-    def key(self, i: int) -> str:
+    @property
+    def key(self) -> str:
         prefix = f"{self.module_name}." if self.module_name else ""
-        return f"{prefix}parametrizations.{self.param_name}.original{i}"
+        return f"{prefix}parametrizations.{self.param_name}.original"
 
 
 def is_subspace_model(model: nn.Module) -> bool:
@@ -183,6 +186,7 @@ def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "li
     for name, m, pn, p in selected:
         full = f"{name}.{pn}" if name else pn
         is_norm = isinstance(m, NORM_TYPES)
+        regularized = p.dim() >= 2 and not is_norm  # before registration: parametrize set_()s p to (K, *shape)
         with torch.no_grad():
             if is_norm and norm_endpoints == "shared":
                 extras = [p.detach().clone() for _ in range(K - 1)]
@@ -192,8 +196,10 @@ def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "li
                     extras[0] = (p.detach() + extras[1]) / 2
         ep = Endpoints(K, extras, dtype=p.dtype, device=p.device)
         parametrize.register_parametrization(m, pn, ep)
+        m.parametrizations[pn]._register_load_state_dict_pre_hook(_stack_legacy_keys)
+        install_fast_getter(m, pn)
         group = group_of.setdefault(id(m), len(group_of))
-        entries.append(_Entry(name, pn, m, ep, group, is_norm, regularized=(p.dim() >= 2 and not is_norm)))
+        entries.append(_Entry(name, pn, m, ep, group, is_norm, regularized=regularized))
     del extras_models
     return Subspace(model, model_fn, kind, K, entries, layerwise=layerwise, num_samples=num_samples)
 
@@ -229,19 +235,34 @@ class Subspace:
                 f"layerwise={self.layerwise}, num_samples={self.num_samples})")
 
     def parameters(self) -> List[nn.Parameter]:
-        """Every stored tensor (all endpoints / control points) of every subspace parameter."""
-        return [o for e in self._entries for o in e.originals()]
+        """The stacked (K, *shape) Parameter of every subspace tensor (all its endpoints / control points)."""
+        return [e.stacked() for e in self._entries]
 
     def tensor_names(self) -> List[str]:
         """Original (canonical) names of the subspace parameters, e.g. ``conv1.weight``."""
         return [e.name for e in self._entries]
 
-    def endpoint(self, name: str, i: int) -> nn.Parameter:
-        """Stored point ``i`` of the parameter with canonical name ``name``."""
+    def _entry(self, name: str, what: str) -> _Entry:
         for e in self._entries:
             if e.name == name:
-                return e.originals()[i]
-        raise KeyError(f"endpoint: {name!r} is not a subspace parameter; some names: {self.tensor_names()[:6]}")
+                return e
+        raise KeyError(f"{what}: {name!r} is not a subspace parameter; some names: {self.tensor_names()[:6]}")
+
+    def stacked(self, name: str) -> nn.Parameter:
+        """The (K, *shape) Parameter of the subspace tensor with canonical name ``name`` (``conv1.weight``)."""
+        return self._entry(name, "stacked").stacked()
+
+    def endpoint(self, name: str, i: int) -> torch.Tensor:
+        """Stored point ``i`` of ``name``: a view of row ``i`` of its stacked Parameter (writable under
+        ``torch.no_grad()``)."""
+        if not 0 <= i < self.K:
+            raise IndexError(f"endpoint: index {i} is outside the {self.K} stored points of a {self.kind}")
+        return self.stacked(name)[i]
+
+    def endpoint_grad(self, name: str, i: int) -> Optional[torch.Tensor]:
+        """Row ``i`` of the stacked Parameter's ``.grad`` (``None`` before a backward)."""
+        g = self.stacked(name).grad
+        return None if g is None else g[i]
 
     @staticmethod
     def canonical_name(name: str) -> str:
@@ -259,19 +280,20 @@ class Subspace:
     # -- writing points --------------------------------------------------------------------------------------
     @torch.no_grad()
     def _write(self, coeffs: torch.Tensor, uniform: bool = False) -> None:
-        """coeffs: (G, K) float64 on the CPU → every parametrization's buffer (fused copies). ``uniform``: the
-        caller guarantees that every row is equal (one copy source for every buffer)."""
-        self._current = coeffs.clone()
-        by_target: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[int]]] = {}
+        """coeffs: (G, K) float64 on the CPU → every parametrization's ``coeffs`` buffer. One new tensor per
+        (device, dtype) of the stored points, shared by every parametrization (rows of it when layerwise): no
+        in-place write, so a graph that saved the previous point keeps it. ``uniform``: the caller guarantees
+        that every row is equal."""
+        self._current = coeffs
+        src = coeffs[:1] if uniform or coeffs.shape[0] == 1 else coeffs
+        made: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
         for e in self._entries:
-            buf = e.endpoints._buffers["coeffs"]
-            dst, groups = by_target.setdefault((buf.device, buf.dtype), ([], []))
-            dst.append(buf)
-            groups.append(e.group)
-        for (device, dtype), (dst, groups) in by_target.items():
-            rows = coeffs.to(device=device, dtype=dtype, non_blocking=True)
-            src = [rows[g] for g in groups] if coeffs.shape[0] > 1 and not uniform else [rows[0]] * len(dst)
-            torch._foreach_copy_(dst, src)
+            bufs = e.endpoints._buffers
+            old = bufs["coeffs"]
+            rows = made.get((old.device, old.dtype))
+            if rows is None:
+                rows = made[(old.device, old.dtype)] = src.to(device=old.device, dtype=old.dtype, non_blocking=True)
+            bufs["coeffs"] = rows[0] if rows.shape[0] == 1 else rows[e.group]
 
     def set_point(self, point: Point) -> torch.Tensor:
         """Put every module at ``point``: α in [0, 1] (line, curve) or simplex weights (length k, ≥ 0, sum 1)."""
@@ -298,10 +320,10 @@ class Subspace:
         """
         S, G = self.num_samples, (self.num_groups if self.layerwise else 1)
         if S == 1 and G == 1:  # the common case: one point for the whole network
-            row = sample_coeffs(self.kind, self.K, generator, 1)[0]
+            row = sample_coeffs(self.kind, self.K, generator, 1)
             self._table = None
             self._write(row.expand(self.num_groups, self.K), uniform=True)
-            return row
+            return row[0]
         draws = sample_coeffs(self.kind, self.K, generator, S * G).reshape(S, G, self.K)
         table = draws.expand(S, self.num_groups, self.K).clone() if G == 1 else draws
         self._table = table if S > 1 else None
@@ -325,21 +347,10 @@ class Subspace:
             for a in args[1:]:
                 chunks.append(a.tensor_split(S) if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1]
                               else [a] * S)
-            bufs = [e.endpoints for e in sub._entries]
-            originals = [ep._buffers["coeffs"] for ep in bufs]
             outs = []
-            try:
-                for s in range(S):
-                    # fresh buffers per chunk: an in-place update would invalidate the saved coefficients
-                    rows = table[s]
-                    for ep, e, orig in zip(bufs, sub._entries, originals):
-                        ep._buffers["coeffs"] = rows[e.group].to(orig.dtype).to(orig.device)
-                    outs.append(inner(*(c[s] for c in chunks), **kwargs))
-            finally:
-                for ep, orig in zip(bufs, originals):
-                    ep._buffers["coeffs"] = orig
-            self_rows = table[-1]
-            sub._write(self_rows)
+            for s in range(S):  # every _write makes new coefficient tensors: each chunk's graph keeps its own
+                sub._write(table[s])
+                outs.append(inner(*(c[s] for c in chunks), **kwargs))
             return torch.cat(outs)
 
         model.forward = forward
@@ -347,6 +358,15 @@ class Subspace:
     # -- regulariser and monitoring --------------------------------------------------------------------------
     def _regularized(self) -> List[_Entry]:
         return [e for e in self._entries if e.regularized]
+
+    def prepare_regularizer(self) -> None:
+        """Let training forwards of the regularised tensors open a gradient route for :meth:`regularizer`, so
+        that the regulariser's gradient is applied inside each tensor's own backward node (one gradient tensor
+        per stored tensor and step). :meth:`regularizer` calls this itself on its first use with β > 0 (that
+        one call takes the separate path); call it before the first step when the first step must be
+        bit-identical to the later ones (a resumed run: the runner's ``subspace`` rule does)."""
+        for e in self._regularized():
+            e.endpoints.routed = True
 
     def regularizer(self, beta: float = 1.0, *, pairs: str = "random",
                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -356,6 +376,10 @@ class Subspace:
         weights; norm parameters and biases are excluded). ``pairs="random"``: one unordered pair i ≠ j of the
         K stored points drawn from ``generator`` (a line has one pair, so it is deterministic); ``"all"``: the
         mean over all K(K−1)/2 pairs. Computed in float32 from three accumulated scalars per pair.
+
+        After a training forward (and :meth:`prepare_regularizer`), its gradient reaches the stored points
+        through that forward's mix nodes, fused with their own gradient; otherwise directly. Both give the same
+        gradient up to rounding, and a separate ``regularizer(...).backward()`` works either way.
         """
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
             raise ValueError(f"beta: the regulariser weight must be a finite number >= 0, got {beta!r}")
@@ -363,7 +387,7 @@ class Subspace:
             raise ValueError(f"pairs: {pairs!r} is not accepted; accepted values: 'random', 'all'")
         regs = self._regularized()
         if beta == 0 or not regs:
-            return torch.zeros((), device=regs[0].originals()[0].device if regs else torch.device("cpu"))
+            return torch.zeros((), device=regs[0].stacked().device if regs else torch.device("cpu"))
         if pairs == "all":
             pair_list = [(i, j) for i in range(self.K) for j in range(i + 1, self.K)]
         elif self.K == 2:
@@ -374,11 +398,13 @@ class Subspace:
                                  "generator= (seeded from (seed, step) so every rank draws the same pair)")
             i, j = torch.randperm(self.K, generator=generator, device=generator.device)[:2].tolist()
             pair_list = [(min(i, j), max(i, j))]
-        originals = [e.originals() for e in regs]  # looked up per call: load_state_dict/.to() keep them valid
-        terms = [_Cos2.apply(len(regs), *[o[i] for o in originals], *[o[j] for o in originals])
-                 for i, j in pair_list]
-        total = terms[0] if len(terms) == 1 else torch.stack(terms).mean()
-        return beta * total
+        stacked = tuple(e.stacked() for e in regs)  # looked up per call: load_state_dict/.to() keep them valid
+        routes = [e.endpoints.live_route(t) for e, t in zip(regs, stacked)]
+        if not regs[0].endpoints.routed:
+            self.prepare_regularizer()
+        elif all(r is not None for r in routes):  # after a training forward: the gradient goes through its nodes
+            return _Cos2.apply(tuple(pair_list), float(beta), stacked, True, *routes)
+        return _Cos2.apply(tuple(pair_list), float(beta), stacked, False, *stacked)
 
     @torch.no_grad()
     def stats(self) -> Dict[str, float]:
@@ -388,7 +414,7 @@ class Subspace:
         gram = torch.zeros(K, K, dtype=torch.float64)
         dist = torch.zeros(K, K, dtype=torch.float64)
         for e in self._entries:
-            flat = torch.stack([t.detach().double().flatten() for t in e.originals()])
+            flat = e.stacked().detach().double().reshape(K, -1)
             g = (flat @ flat.T).cpu()
             d = torch.diagonal(g)
             dist += d[:, None] + d[None, :] - 2 * g
@@ -444,8 +470,7 @@ class Subspace:
             cached = self._bn_cache.get(self._key())
             sd = dict(self.model.state_dict())
             for e in self._entries:
-                for i in range(self.K):
-                    sd.pop(e.key(i))
+                sd.pop(e.key)
                 sd[e.name] = getattr(e.module, e.param_name).detach().clone()
             if cached is not None:
                 for n, b in cached.items():
@@ -481,17 +506,27 @@ class Subspace:
         return groups
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Raise if ``optimizer`` holds parameters the model no longer has (built before :func:`convert`) or
-        misses subspace tensors."""
+        """Raise if ``optimizer`` holds parameters the model does not have, misses subspace tensors, or holds
+        state (e.g. momentum) of a subspace tensor in its pre-conversion shape.
+
+        Conversion keeps each parameter's object (parametrize ``set_()``s it to the stacked (K, *shape)
+        tensor), so an optimizer built before :func:`convert` is fine as long as it has not stepped yet."""
         have = {id(p) for g in optimizer.param_groups for p in g["params"]}
         live = {id(p) for p in self.model.parameters()}
         if have - live:
-            raise ValueError("check_optimizer: the optimizer holds parameters that are not in the model: it was "
-                             "built before convert() (conversion creates new Parameters); build it afterwards")
+            raise ValueError("check_optimizer: the optimizer holds parameters that are not in the model; build it "
+                             "from model.parameters() after convert()")
         missing = [self.canonical_name(n) for n, p in self.model.named_parameters()
                    if id(p) not in have and p.requires_grad and _PARAM_RE.match(n)]
         if missing:
             raise ValueError(f"check_optimizer: the optimizer misses subspace tensors of {sorted(set(missing))[:5]}")
+        for e in self._entries:
+            p = e.stacked()
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                    raise ValueError(f"check_optimizer: optimizer state {k!r} of {e.name} has shape "
+                                     f"{tuple(v.shape)}, the stacked tensor {tuple(p.shape)}: the optimizer "
+                                     "stepped before convert(); build a fresh one after converting")
 
     @torch.no_grad()
     def load_plain_state_dict(self, state_dict: Dict[str, torch.Tensor], endpoints: str = "first") -> None:
@@ -505,9 +540,11 @@ class Subspace:
             if e.name not in sd:
                 raise KeyError(f"load_plain_state_dict: the checkpoint has no {e.name!r}")
             value = sd.pop(e.name)
-            for i, o in enumerate(e.originals()):
-                if i == 0 or endpoints == "all":
-                    o.copy_(value)
+            stacked = e.stacked()
+            if tuple(value.shape) != tuple(stacked.shape[1:]):
+                raise ValueError(f"load_plain_state_dict: {e.name!r} has shape {tuple(value.shape)} in the "
+                                 f"checkpoint, the model's is {tuple(stacked.shape[1:])}")
+            (stacked if endpoints == "all" else stacked[0]).copy_(value)
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         missing = [m for m in missing if not _PARAM_RE.match(m)]
         if missing or unexpected:
@@ -519,51 +556,58 @@ class Subspace:
 
 
 class _Cos2(torch.autograd.Function):
-    """cos²(a, b) of two concatenated tensor lists, from three accumulated dot products, with a fused backward.
+    """β · mean over ``pairs`` of cos²(ω_i, ω_j), the stored points concatenated over stacked tensors (K, …).
 
-    With d = ⟨a, b⟩, p = ‖a‖², q = ‖b‖² and R = d²/(p q):
-    ∂R/∂a = 2d/(p q) · b − 2d²/(p² q) · a and ∂R/∂b = 2d/(p q) · a − 2d²/(p q²) · b. The backward computes the
-    four coefficients as one small tensor and each gradient as ``mul`` + in-place ``addcmul_`` (one new tensor
-    and two element-wise passes per stored tensor, no Python scalars, so no device sync). Dots are taken in
-    float32 (float64 inputs stay float64).
+    With the Gram entries G_ij = Σ_t ⟨E_t[i], E_t[j]⟩ (accumulated in float32; float64 inputs stay float64)
+    and R_ij = G_ij² / (G_ii G_jj): ∂R/∂ω_i = 2G_ij/(G_ii G_jj) · ω_j − 2G_ij²/(G_ii² G_jj) · ω_i, and
+    symmetrically for ω_j. The backward collects these coefficients in one K × K matrix S, so that
+    ∂(β R)/∂E_t = S · E_t (E_t viewed as K × n; rows outside the drawn pair(s) are zero).
+
+    ``routed``: the inputs are the routes of the stored tensors' latest training forwards
+    (:class:`~tractable.subspace.parametrization._MixRouted`); the backward hands S to each of them and the
+    mix node computes c ⊗ ∂L/∂w + S · E_t as the tensor's one gradient. Otherwise (no live forward, e.g. the
+    regulariser alone) the inputs are the stacked tensors themselves and the backward returns S · E_t.
     """
 
     @staticmethod
-    def forward(ctx, n: int, *tensors):
-        a, b = tensors[:n], tensors[n:]
-        acc = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-        with torch.autocast(tensors[0].device.type, enabled=False):  # fp32 accumulation under AMP
-            fa = [x.reshape(-1) if x.dtype == acc else x.reshape(-1).to(acc) for x in a]
-            fb = [y.reshape(-1) if y.dtype == acc else y.reshape(-1).to(acc) for y in b]
-            if n == 1:
-                dpq = torch.stack([torch.dot(fa[0], fb[0]), torch.dot(fa[0], fa[0]), torch.dot(fb[0], fb[0])])
-            else:
-                dpq = torch.stack([torch.dot(x, y) for x, y in zip(fa, fb)] + [torch.dot(x, x) for x in fa]
-                                  + [torch.dot(y, y) for y in fb]).view(3, n).sum(1)
-        ctx.n = n
-        ctx.save_for_backward(dpq, *tensors)
-        d, p, q = dpq.unbind()
-        return d * d / (p * q)
+    def forward(ctx, pairs, beta: float, stacked, routed: bool, *inputs):
+        K = stacked[0].shape[0]
+        acc = torch.float64 if any(t.dtype == torch.float64 for t in stacked) else torch.float32
+        needed = sorted({(i, j) for p in pairs for i in p for j in p if i <= j})
+        with torch.autocast(stacked[0].device.type, enabled=False):  # fp32 accumulation under AMP
+            flats = [t.reshape(K, -1) if t.dtype == acc else t.reshape(K, -1).to(acc) for t in stacked]
+            dots = torch.stack([torch.dot(f[i], f[j]) for i, j in needed for f in flats])
+            if len(flats) > 1:
+                dots = dots.view(len(needed), len(flats)).sum(1)
+        pos = {ij: n for n, ij in enumerate(needed)}
+        sel = [pos[ij] for ij in pairs] + [pos[(i, i)] for i, _ in pairs] + [pos[(j, j)] for _, j in pairs]
+        d, p, q = dots[sel].view(3, len(pairs)).unbind()
+        ctx.pairs, ctx.beta, ctx.routed, ctx.K, ctx.dtypes = pairs, beta, routed, K, [t.dtype for t in inputs]
+        ctx.save_for_backward(d, p, q, *([] if routed else stacked))
+        return (d * d / (p * q)).mean() * beta
 
     @staticmethod
     def backward(ctx, g):
-        dpq, *tensors = ctx.saved_tensors
-        n = ctx.n
-        a, b = tensors[:n], tensors[n:]
-        # [ca, cb, da, db] with ∂R/∂a = ca·b + cb·a and ∂R/∂b = da·a + db·b, in one vector
-        d, p, q = dpq.unbind()
-        r = 2 * d / (p * q) * g
-        coef = torch.stack([r, -r * d / p, r, -r * d / q])
-        grad_a, grad_b = [], []
+        d, p, q, *stacked = ctx.saved_tensors
+        K = ctx.K
+        scale = g.to(d.dtype) * ctx.beta / len(ctx.pairs)
+        r = 2 * d / (p * q) * scale  # ∂/∂G_ij, per pair; the diagonal terms follow
+        i_idx = [i for i, _ in ctx.pairs]
+        j_idx = [j for _, j in ctx.pairs]
+        index = torch.tensor([i_idx + j_idx + i_idx + j_idx, j_idx + i_idx + i_idx + j_idx], device=d.device)
+        s = torch.zeros(K, K, dtype=d.dtype, device=d.device).index_put_(
+            tuple(index), torch.cat([r, r, -r * d / p, -r * d / q]), accumulate=True)
         cs = {}
-        for x, y in zip(a, b):
-            c = cs.get(x.dtype)
-            if c is None:
-                c = cs[x.dtype] = coef.to(x.dtype).unbind()
-            ca, cb, da, db = c
-            grad_a.append(torch.mul(y, ca).addcmul_(x, cb))
-            grad_b.append(torch.mul(x, da).addcmul_(y, db))
-        return (None, *grad_a, *grad_b)
+        if ctx.routed:  # each stored tensor's own node applies S · E_t, fused with its mix gradient
+            return (None, None, None, None, *(cs.setdefault(dt, s.to(dt)) for dt in ctx.dtypes))
+        grads = []
+        with torch.autocast(stacked[0].device.type, enabled=False):
+            for t in stacked:
+                c = cs.get(t.dtype)
+                if c is None:
+                    c = cs[t.dtype] = s.to(t.dtype)
+                grads.append(torch.mm(c, t.reshape(K, -1)).view(t.shape))
+        return (None, None, None, None, *grads)
 
 
 def _check_model_fn_plain(plain: nn.Module, sd: Dict[str, torch.Tensor]) -> None:
