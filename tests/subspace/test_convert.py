@@ -239,12 +239,20 @@ def test_regularizer_matches_float64_concatenation():
     assert line.regularizer(0.5).item() == pytest.approx(0.5, rel=1e-6)
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["host_scalars", "device_scalars"])
 @pytest.mark.parametrize("pairs", [((0, 1),), ((0, 2),), ((0, 1), (0, 2), (1, 2))])
-def test_cos2_value_and_backward_match_autograd_in_float64(pairs):
+def test_cos2_value_and_backward_match_autograd_in_float64(pairs, host, monkeypatch):
     """_Cos2 (forward and hand-written backward, direct path) against autograd on the float64 formula over
-    the concatenated stored points; the routed path (S handed to the mix node) gives the same gradient."""
+    the concatenated stored points; the routed path (S handed to the mix node) gives the same gradient. Both
+    scalar paths: Python floats (CPU) and device tensors (the CUDA path, forced here on the CPU)."""
+    import importlib
+
     from tractable.subspace.convert import _Cos2
+
+    cv = importlib.import_module("tractable.subspace.convert")  # the module (the package exports the function)
     from tractable.subspace.parametrization import _MixRouted
+
+    monkeypatch.setattr(cv, "_host_scalars", lambda device: host)
 
     g = torch.Generator().manual_seed(0)
     st = [torch.randn(3, *s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((3, 4), (5,))]

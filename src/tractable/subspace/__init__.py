@@ -15,12 +15,17 @@ and biases excluded). BatchNorm running statistics collected during training des
 are recomputed (cumulative average over training batches, as ``torch.optim.swa_utils.update_bn``) for every
 evaluated point.
 
+Storage and cost. A tensor's K stored points are one Parameter of shape (K, *shape); the forward mixes them in
+one operator (``torch.lerp`` for K = 2) and the backward writes their gradient c ⊗ ∂L/∂w in one more; the
+regulariser's gradient (a K × K matrix S times the stored points) is applied inside the same backward node
+(``Subspace.prepare_regularizer``), so each stored tensor gets one gradient tensor per step.
+
 Usage in your own loop::
 
     import tractable.subspace as ts
 
     model = make_model()
-    sub = ts.convert(model, make_model, kind="line")          # before building the optimizer
+    sub = ts.convert(model, make_model, kind="line")          # before the optimizer's first step
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for step, (x, y) in enumerate(loader):
         sub.sample(torch.Generator().manual_seed(seed * 1_000_003 + step))   # same α on every DDP rank

@@ -31,8 +31,8 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from tractable.subspace import batchnorm as _bn
-from tractable.subspace.geometry import Point, canonical_point, check_kind, point_coeffs, sample_coeffs
-from tractable.subspace.parametrization import Endpoints, _stack_legacy_keys, install_fast_getter
+from tractable.subspace.geometry import Point, canonical_point, check_kind, point_coeffs, sample_coeffs, sample_rows
+from tractable.subspace.parametrization import Endpoints, _stack_legacy_keys, combine_points, install_fast_getter
 
 __all__ = ["convert", "Subspace", "NORM_TYPES", "is_subspace_model"]
 
@@ -223,8 +223,8 @@ class Subspace:
         self.num_groups = 1 + max(e.group for e in entries)
         self._bn_cache: Dict[Tuple[float, ...], Dict[str, Dict[str, torch.Tensor]]] = {}
         self._table: Optional[torch.Tensor] = None  # (S, G, K) draws of a multi-sample step
-        self._current = point_coeffs(kind, K, 0.0 if kind != "simplex" else [1.0] + [0.0] * (K - 1))
-        self._current = self._current.expand(self.num_groups, K).clone()
+        self._slots = [(e.endpoints._buffers, e.group) for e in entries]
+        self._current = point_coeffs(kind, K, 0.0 if kind != "simplex" else [1.0] + [0.0] * (K - 1))[None]
         if num_samples > 1:
             self._install_multi_sample()
         self._write(self._current)
@@ -275,7 +275,7 @@ class Subspace:
     @property
     def point(self) -> torch.Tensor:
         """Current coefficients, (num_groups, K) float64 (every row equal unless layerwise)."""
-        return self._current.clone()
+        return self._current.expand(self.num_groups, self.K).clone()
 
     # -- writing points --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -284,16 +284,36 @@ class Subspace:
         (device, dtype) of the stored points, shared by every parametrization (rows of it when layerwise): no
         in-place write, so a graph that saved the previous point keeps it. ``uniform``: the caller guarantees
         that every row is equal."""
-        self._current = coeffs
+        if coeffs.dim() == 1:
+            coeffs = coeffs[None]
         src = coeffs[:1] if uniform or coeffs.shape[0] == 1 else coeffs
-        made: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        for e in self._entries:
-            bufs = e.endpoints._buffers
+        self._current = src  # (1, K) stands for every module
+        made: Dict[Tuple[torch.device, torch.dtype], Tuple[torch.Tensor, ...]] = {}
+        for bufs, group in self._slots:
             old = bufs["coeffs"]
             rows = made.get((old.device, old.dtype))
-            if rows is None:
-                rows = made[(old.device, old.dtype)] = src.to(device=old.device, dtype=old.dtype, non_blocking=True)
-            bufs["coeffs"] = rows[0] if rows.shape[0] == 1 else rows[e.group]
+            if rows is None:  # one conversion and one unbind per (device, dtype): no per-tensor operator calls
+                rows = made[(old.device, old.dtype)] = src.to(device=old.device, dtype=old.dtype,
+                                                              non_blocking=True).unbind(0)
+            bufs["coeffs"] = rows[0] if len(rows) == 1 else rows[group]
+
+    @torch.no_grad()
+    def _write_values(self, values: List[float]) -> torch.Tensor:
+        """The per-step fast path of :meth:`_write` for one point shared by every module: each (device, dtype)
+        gets its coefficient tensor straight from the Python floats (rounded once, as ``.to(dtype)`` would)."""
+        row = torch.tensor(values, dtype=torch.float64)
+        self._current = row
+        made: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        for bufs, _ in self._slots:
+            old = bufs["coeffs"]
+            t = made.get((old.device, old.dtype))
+            if t is None:
+                t = torch.tensor(values, dtype=old.dtype)
+                if old.device.type != "cpu":
+                    t = t.to(old.device, non_blocking=True)
+                made[(old.device, old.dtype)] = t
+            bufs["coeffs"] = t
+        return row
 
     def set_point(self, point: Point) -> torch.Tensor:
         """Put every module at ``point``: α in [0, 1] (line, curve) or simplex weights (length k, ≥ 0, sum 1)."""
@@ -320,10 +340,9 @@ class Subspace:
         """
         S, G = self.num_samples, (self.num_groups if self.layerwise else 1)
         if S == 1 and G == 1:  # the common case: one point for the whole network
-            row = sample_coeffs(self.kind, self.K, generator, 1)
+            values = sample_rows(self.kind, self.K, generator, 1)[0]
             self._table = None
-            self._write(row.expand(self.num_groups, self.K), uniform=True)
-            return row[0]
+            return self._write_values(values)
         draws = sample_coeffs(self.kind, self.K, generator, S * G).reshape(S, G, self.K)
         table = draws.expand(S, self.num_groups, self.K).clone() if G == 1 else draws
         self._table = table if S > 1 else None
@@ -428,7 +447,7 @@ class Subspace:
 
     # -- BatchNorm -------------------------------------------------------------------------------------------
     def _key(self) -> Tuple[float, ...]:
-        return tuple(round(float(v), 12) for v in self._current.flatten())
+        return tuple(round(float(v), 12) for v in self._current.expand(self.num_groups, self.K).flatten())
 
     def recompute_bn(self, loader: Iterable, num_batches: Optional[int] = None, *, cache: bool = True,
                      device=None) -> int:
@@ -555,6 +574,11 @@ class Subspace:
         return canonical_point(self.kind, self.K)
 
 
+def _host_scalars(device: torch.device) -> bool:
+    """Whether the regulariser's few scalars are combined in Python (CPU) or as device tensors (no sync)."""
+    return device.type == "cpu"
+
+
 class _Cos2(torch.autograd.Function):
     """β · mean over ``pairs`` of cos²(ω_i, ω_j), the stored points concatenated over stacked tensors (K, …).
 
@@ -577,37 +601,49 @@ class _Cos2(torch.autograd.Function):
         with torch.autocast(stacked[0].device.type, enabled=False):  # fp32 accumulation under AMP
             flats = [t.reshape(K, -1) if t.dtype == acc else t.reshape(K, -1).to(acc) for t in stacked]
             dots = torch.stack([torch.dot(f[i], f[j]) for i, j in needed for f in flats])
-            if len(flats) > 1:
-                dots = dots.view(len(needed), len(flats)).sum(1)
+        ctx.pairs, ctx.beta, ctx.routed, ctx.K, ctx.acc = pairs, beta, routed, K, acc
+        ctx.dtypes = [t.dtype for t in inputs]
+        ctx.save_for_backward(*([] if routed else stacked))
+        if _host_scalars(dots.device):  # a handful of scalars: Python float64 arithmetic, no operator calls
+            flat_dots = dots.tolist()
+            n = len(flats)
+            gram = {ij: math.fsum(flat_dots[k * n:(k + 1) * n]) for k, ij in enumerate(needed)}
+            ctx.dpq = [(gram[(i, j)], gram[(i, i)], gram[(j, j)]) for i, j in pairs]
+            return torch.tensor(beta * math.fsum(d * d / (p * q) for d, p, q in ctx.dpq) / len(pairs), dtype=acc)
+        if len(flats) > 1:
+            dots = dots.view(len(needed), len(flats)).sum(1)
         pos = {ij: n for n, ij in enumerate(needed)}
         sel = [pos[ij] for ij in pairs] + [pos[(i, i)] for i, _ in pairs] + [pos[(j, j)] for _, j in pairs]
-        d, p, q = dots[sel].view(3, len(pairs)).unbind()
-        ctx.pairs, ctx.beta, ctx.routed, ctx.K, ctx.dtypes = pairs, beta, routed, K, [t.dtype for t in inputs]
-        ctx.save_for_backward(d, p, q, *([] if routed else stacked))
+        ctx.dpq = dots[sel].view(3, len(pairs))  # device tensors: no synchronisation
+        d, p, q = ctx.dpq.unbind()
         return (d * d / (p * q)).mean() * beta
 
     @staticmethod
     def backward(ctx, g):
-        d, p, q, *stacked = ctx.saved_tensors
+        stacked = ctx.saved_tensors
         K = ctx.K
-        scale = g.to(d.dtype) * ctx.beta / len(ctx.pairs)
-        r = 2 * d / (p * q) * scale  # ∂/∂G_ij, per pair; the diagonal terms follow
         i_idx = [i for i, _ in ctx.pairs]
         j_idx = [j for _, j in ctx.pairs]
-        index = torch.tensor([i_idx + j_idx + i_idx + j_idx, j_idx + i_idx + i_idx + j_idx], device=d.device)
-        s = torch.zeros(K, K, dtype=d.dtype, device=d.device).index_put_(
-            tuple(index), torch.cat([r, r, -r * d / p, -r * d / q]), accumulate=True)
-        cs = {}
+        if isinstance(ctx.dpq, list):  # CPU: S from Python floats
+            scale = float(g) * ctx.beta / len(ctx.pairs)
+            rows = [[0.0] * K for _ in range(K)]
+            for (i, j), (d, p, q) in zip(ctx.pairs, ctx.dpq):
+                r = 2.0 * d / (p * q) * scale  # ∂/∂G_ij; the diagonal terms follow
+                rows[i][j] += r
+                rows[j][i] += r
+                rows[i][i] -= r * d / p
+                rows[j][j] -= r * d / q
+            s = torch.tensor(rows, dtype=ctx.acc)
+        else:
+            d, p, q = ctx.dpq.unbind()
+            r = 2 * d / (p * q) * (g.to(d.dtype) * ctx.beta / len(ctx.pairs))
+            index = torch.tensor([i_idx + j_idx + i_idx + j_idx, j_idx + i_idx + i_idx + j_idx], device=d.device)
+            s = torch.zeros(K, K, dtype=d.dtype, device=d.device).index_put_(
+                tuple(index), torch.cat([r, r, -r * d / p, -r * d / q]), accumulate=True)
+        cs: Dict[torch.dtype, torch.Tensor] = {}
         if ctx.routed:  # each stored tensor's own node applies S · E_t, fused with its mix gradient
             return (None, None, None, None, *(cs.setdefault(dt, s.to(dt)) for dt in ctx.dtypes))
-        grads = []
-        with torch.autocast(stacked[0].device.type, enabled=False):
-            for t in stacked:
-                c = cs.get(t.dtype)
-                if c is None:
-                    c = cs[t.dtype] = s.to(t.dtype)
-                grads.append(torch.mm(c, t.reshape(K, -1)).view(t.shape))
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, *(combine_points(s, t) for t in stacked))
 
 
 def _check_model_fn_plain(plain: nn.Module, sd: Dict[str, torch.Tensor]) -> None:

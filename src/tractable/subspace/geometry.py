@@ -15,11 +15,11 @@ same point on every process.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["KINDS", "num_points", "line_coeffs", "bezier_coeffs", "point_coeffs", "sample_coeffs",
+__all__ = ["KINDS", "num_points", "line_coeffs", "bezier_coeffs", "point_coeffs", "sample_coeffs", "sample_rows",
            "canonical_point", "check_kind"]
 
 KINDS = ("line", "curve", "simplex")
@@ -96,21 +96,31 @@ def point_coeffs(kind: str, K: int, point: Point) -> torch.Tensor:
     return t.clamp_min(0.0) / t.clamp_min(0.0).sum()
 
 
-def sample_coeffs(kind: str, K: int, generator: torch.Generator, n: int = 1) -> torch.Tensor:
-    """``n`` random points as coefficient rows (n, K), float64: α ~ U[0,1] (line, curve) or Dirichlet(1)."""
+def sample_rows(kind: str, K: int, generator: torch.Generator, n: int = 1) -> List[List[float]]:
+    """``n`` random points as Python float rows (length K): α ~ U[0,1] (line, curve) or Dirichlet(1) (simplex).
+
+    One ``torch.rand`` call on ``generator``; the rest is float64 arithmetic in Python (cheaper than tensor
+    operators for a handful of numbers, and the same formulas as :func:`line_coeffs` / :func:`bezier_coeffs`)."""
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"sample: expected a torch.Generator, got {type(generator).__name__}")
     if kind == "simplex":
-        u = torch.rand(n, K, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-        e = -torch.log1p(-u)  # Exp(1); 1 − U avoids log(0)
-        return e / e.sum(dim=1, keepdim=True)
+        u = torch.rand(n, K, generator=generator, dtype=torch.float64, device=generator.device).tolist()
+        rows = []
+        for r in u:
+            e = [-math.log1p(-x) for x in r]  # Exp(1); 1 − U avoids log(0)
+            total = math.fsum(e)
+            rows.append([x / total for x in e])
+        return rows
     alphas = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device).tolist()
-    # the same Python-float formulas as line_coeffs/bezier_coeffs (α ∈ [0, 1) needs no check), one tensor call
     if kind == "line":
-        return torch.tensor([[1.0 - a, a] for a in alphas], dtype=torch.float64)
+        return [[1.0 - a, a] for a in alphas]
     m = K - 1
-    return torch.tensor([[math.comb(m, i) * a ** i * (1.0 - a) ** (m - i) for i in range(K)] for a in alphas],
-                        dtype=torch.float64)
+    return [[math.comb(m, i) * a ** i * (1.0 - a) ** (m - i) for i in range(K)] for a in alphas]
+
+
+def sample_coeffs(kind: str, K: int, generator: torch.Generator, n: int = 1) -> torch.Tensor:
+    """``n`` random points as coefficient rows (n, K), float64 (:func:`sample_rows` as a tensor)."""
+    return torch.tensor(sample_rows(kind, K, generator, n), dtype=torch.float64)
 
 
 def canonical_point(kind: str, K: int) -> Point:
