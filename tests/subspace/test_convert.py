@@ -387,6 +387,14 @@ def test_bad_inputs_have_clear_errors():
         ts.convert(tied(), tied)
     with pytest.raises(RuntimeError, match="cannot be assigned"):
         model.fc.weight = torch.zeros(5, 8)
+    with pytest.raises(IndexError, match="outside the 3 stored points of a simplex"):
+        sub.endpoint("fc.weight", 3)
+    with pytest.raises(KeyError, match="not a subspace parameter"):
+        sub.stacked("fc.nothing")
+    bad = dict(BNCNN().state_dict())
+    bad["fc.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="fc.weight.*shape"):
+        sub.load_plain_state_dict(bad)
 
 
 def test_tract_on_the_first_layer_of_a_subspace_model():

@@ -15,9 +15,9 @@ the selection further.
 
 The :class:`Subspace` only sets coefficient vectors as the parametrizations' ``coeffs`` buffers: one vector
 for all modules (global), or one per module (``layerwise``; a module's weight and bias share it). Every point
-is a new small tensor (never an in-place write), so two forwards at different points can share one backward. It never owns
-tensors the model does not, so the model's own ``state_dict`` is the checkpoint: restore by converting a fresh
-model the same way and calling ``load_state_dict(strict=True)``.
+is a new small tensor (never an in-place write), so two forwards at different points can share one backward.
+It never owns tensors the model does not, so the model's own ``state_dict`` is the checkpoint: restore by
+converting a fresh model the same way and calling ``load_state_dict(strict=True)``.
 """
 from __future__ import annotations
 

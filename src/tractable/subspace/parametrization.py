@@ -9,10 +9,10 @@ no weight decay on norms and biases, keep working). The point is a non-persisten
 (K,) (it follows ``.to(device)`` and stays out of the ``state_dict``); a tensor rather than a Python float, so
 ``torch.compile`` does not specialise on it.
 
-Why stacked: every per-step cost of a subspace is a memory pass over the stored points, and one (K, n) tensor
-per original tensor needs fewer passes and fewer operator calls than K separate ones -- the forward mix is one
-``torch.lerp`` (K = 2) or one (1 × K)·(K × n) product, its backward one broadcast multiply writing the whole
-(K, n) gradient at once, and the optimiser updates one tensor instead of K.
+Why stacked: one (K, n) tensor per original tensor takes one operator call where K separate tensors take K --
+the forward mix is one ``torch.lerp`` (K = 2) or one (1 × K)·(K × n) product, its backward one broadcast
+multiply writing the whole (K, n) gradient, and the optimiser updates one tensor instead of K. The bytes moved
+are the same (for a memory-bound model the step costs what they cost; docs/performance.md measures it).
 
 Gradients (:class:`_Mix`): ∂L/∂E[i] = c_i · ∂L/∂w, so every stored point trains at every step. Both directions
 are exact at a stored point: ``torch.lerp`` returns E[0] at c = (1, 0) and E[1] at c = (0, 1) bit for bit, a
