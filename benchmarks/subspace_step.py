@@ -3,7 +3,7 @@
 
 Run from the repository root::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/subspace_step.py            # ~6 min, both allocator modes
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/subspace_step.py            # ~25 min, both allocator modes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/subspace_step.py --quick    # smoke run
 
 Per setting, eight variants train the same architecture on the same fixed batch, interleaved round-robin in one
@@ -70,6 +70,7 @@ SETTINGS = {
     # name: (model, model kwargs, input shape, batch, block)
     "small_cnn_b64": ("small_cnn", {"num_classes": 10, "in_channels": 3, "image_size": 32}, (3, 32, 32), 64, 5),
     "resnet20_b32": ("resnet20_cifar", {"num_classes": 10}, (3, 32, 32), 32, 2),
+    "resnet20_b128": ("resnet20_cifar", {"num_classes": 10}, (3, 32, 32), 128, 2),  # the paper's CIFAR batch
     "mlp_b128": ("mlp", {"num_classes": 10, "in_channels": 1, "image_size": 28}, (1, 28, 28), 128, 10),
     "mlp_b1024": ("mlp", {"num_classes": 10, "in_channels": 1, "image_size": 28}, (1, 28, 28), 1024, 5),
 }
