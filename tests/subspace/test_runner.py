@@ -161,6 +161,7 @@ def test_demo_section_reports_midpoint_and_endpoints(tmp_path, monkeypatch):
     text = subspace_demo.demo_section(seeds=1, root=tmp_path, echo=lines.append)
     for label in ("standard training", "line midpoint (BN recomputed)", "line endpoint α=0", "line endpoint α=1"):
         assert f"| {label} |" in text
+    assert text.startswith("### Subspaces") and "What this shows" in text
     assert lines == [text]
 
 

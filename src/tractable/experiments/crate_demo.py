@@ -84,6 +84,7 @@ def crate_section(seeds: int = 3, root=None, echo=print) -> str:
             f"it, see `tractable crate-measure`). What this shows: after training {100 * (1 - nz1):.0f} % of the "
             f"last ISTA output's entries are exactly zero ({100 * (1 - nz0):.0f} % at initialisation), and the "
             f"last layer's R^c went from {rc0:.1f} to {rc1:.1f}. {time.time() - t0:.0f} s.")
-    echo(table)
+    heading = "### CRATE (white-box transformer)"
+    echo(f"{heading}\n\n{table}")
     echo(note)
-    return f"### CRATE (white-box transformer)\n\n{table}\n\n{note}\n"
+    return f"{heading}\n\n{table}\n\n{note}\n"
