@@ -512,3 +512,31 @@ def test_fast_getter_matches_parametrize_and_deep_copies_read_their_own_points()
             p.mul_(0.5)
         assert torch.equal(model(X), out)  # the copy shares the parametrized class, not the tensors
         assert not torch.equal(twin(X), out)
+
+
+@pytest.mark.parametrize("kind,k", [("line", None), ("curve", None), ("simplex", 3)])
+def test_one_mixing_node_per_forward_is_bit_identical_to_per_tensor_nodes(kind, k):
+    """``mix_all`` (every tensor mixed in one MixAll node by a forward pre-hook) against the per-tensor nodes:
+    the same outputs, the same gradients (with the routed regulariser) bit for bit; the weights of a forward are
+    not reused after it (a direct access or a new point recomputes them)."""
+    y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(2))
+    res = {}
+    for mode in (True, False):
+        model, sub = _make(kind=kind, k=k)
+        sub.mix_all = mode
+        sub.prepare_regularizer()
+        model.train()
+        g = torch.Generator().manual_seed(3)
+        sub.sample(g)
+        out = model(X)
+        loss = F.cross_entropy(out, y) + sub.regularizer(0.5, generator=g)
+        loss.backward()
+        res[mode] = (out.detach(), {n: sub.stacked(n).grad.clone() for n in sub.tensor_names()})
+        if mode:
+            assert all(e.endpoints._now is None for e in sub._entries)  # cleared after the forward
+            sub.set_point(sub.canonical_point())
+            with torch.no_grad():
+                assert torch.equal(model.fc.weight, sub.export().fc.weight)
+    assert torch.equal(res[True][0], res[False][0])
+    for n, gr in res[False][1].items():
+        assert torch.equal(res[True][1][n], gr), n

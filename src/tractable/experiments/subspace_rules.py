@@ -117,6 +117,11 @@ class SubspaceRule(LearningRule):
                            norm_endpoints=o.norm_endpoints, control_init=o.control_init)
         if o.beta > 0:  # the regulariser's gradient fused from the first step on (a resumed run matches)
             self.sub.prepare_regularizer()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # one mixing node per forward would make every gradient ready only at the end of the backward, and
+            # DDP could not overlap its all-reduce with it; the per-tensor nodes give the same numbers
+            self.sub.mix_all = False
         return model
 
     def hooks(self) -> List[Hook]:

@@ -32,7 +32,13 @@ from torch.nn.utils import parametrize
 
 from tractable.subspace import batchnorm as _bn
 from tractable.subspace.geometry import Point, canonical_point, check_kind, point_coeffs, sample_coeffs, sample_rows
-from tractable.subspace.parametrization import Endpoints, _stack_legacy_keys, combine_points, install_fast_getter
+from tractable.subspace.parametrization import (
+    Endpoints,
+    MixAll,
+    _stack_legacy_keys,
+    combine_points,
+    install_fast_getter,
+)
 
 __all__ = ["convert", "Subspace", "NORM_TYPES", "is_subspace_model"]
 
@@ -225,9 +231,56 @@ class Subspace:
         self._table: Optional[torch.Tensor] = None  # (S, G, K) draws of a multi-sample step
         self._slots = [(e.endpoints._buffers, e.group) for e in entries]
         self._current = point_coeffs(kind, K, 0.0 if kind != "simplex" else [1.0] + [0.0] * (K - 1))[None]
+        self.mix_all = True
+        self._batch_route = None  # (route, [(stacked, version) of the routed tensors]) of the latest forward
+        self._batched: List[Endpoints] = []
+        self._hooks = [model.register_forward_pre_hook(self._before_forward),
+                       model.register_forward_hook(self._after_forward, always_call=True)]
         if num_samples > 1:
             self._install_multi_sample()
         self._write(self._current)
+
+    # -- one mixing node per forward -------------------------------------------------------------------------
+    def _before_forward(self, module, args) -> None:
+        """Compute every subspace tensor of this forward in one :class:`MixAll` node (``mix_all``): the getters
+        then return them. Skipped under ``torch.compile`` tracing and inside ``parametrize.cached()`` (those use
+        the per-tensor nodes, whose results are bit-identical)."""
+        self._clear_batch()
+        if not self.mix_all or parametrize._cache_enabled or _compiling():
+            return
+        stacked, coeffs, routed = [], [], []
+        for e in self._entries:
+            t = e.stacked()
+            c = e.endpoints._buffers["coeffs"]
+            if c.dtype != t.dtype or c.device != t.device:
+                c = c.to(device=t.device, dtype=t.dtype)
+            stacked.append(t)
+            coeffs.append(c)
+            routed.append(e.endpoints.routed and torch.is_grad_enabled() and t.requires_grad)
+        *ws, route = MixAll.apply(coeffs, routed, *stacked)
+        for e, w in zip(self._entries, ws):
+            e.endpoints._now = w
+        self._batched = [e.endpoints for e in self._entries]
+        if any(routed):
+            self._batch_route = (route, [(t, t._version) for t, r in zip(stacked, routed) if r])
+
+    def _after_forward(self, module, args, output) -> None:
+        self._clear_batch()
+
+    def _clear_batch(self) -> None:
+        for ep in self._batched:
+            ep._now = None
+        self._batched = []
+
+    def _live_batch_route(self, stacked: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The shared route of the latest forward's :class:`MixAll` if it routed exactly ``stacked``, unchanged."""
+        br = self._batch_route
+        if br is None or len(br[1]) != len(stacked):
+            return None
+        for (t, v), s in zip(br[1], stacked):
+            if t is not s or t._version != v:
+                return None
+        return br[0]
 
     # -- introspection ---------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -284,6 +337,7 @@ class Subspace:
         (device, dtype) of the stored points, shared by every parametrization (rows of it when layerwise): no
         in-place write, so a graph that saved the previous point keeps it. ``uniform``: the caller guarantees
         that every row is equal."""
+        self._clear_batch()  # a new point: weights computed for the old one must not be reused
         if coeffs.dim() == 1:
             coeffs = coeffs[None]
         src = coeffs[:1] if uniform or coeffs.shape[0] == 1 else coeffs
@@ -301,6 +355,7 @@ class Subspace:
     def _write_values(self, values: List[float]) -> torch.Tensor:
         """The per-step fast path of :meth:`_write` for one point shared by every module: each (device, dtype)
         gets its coefficient tensor straight from the Python floats (rounded once, as ``.to(dtype)`` would)."""
+        self._clear_batch()
         row = torch.tensor(values, dtype=torch.float64)
         self._current = row
         made: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -421,8 +476,12 @@ class Subspace:
         routes = [e.endpoints.live_route(t) for e, t in zip(regs, stacked)]
         if not regs[0].endpoints.routed:
             self.prepare_regularizer()
-        elif all(r is not None for r in routes):  # after a training forward: the gradient goes through its nodes
-            return _Cos2.apply(tuple(pair_list), float(beta), stacked, True, *routes)
+        else:  # after a training forward: the gradient goes through its mixing node(s)
+            shared = self._live_batch_route(stacked)
+            if shared is not None:
+                return _Cos2.apply(tuple(pair_list), float(beta), stacked, True, shared)
+            if all(r is not None for r in routes):
+                return _Cos2.apply(tuple(pair_list), float(beta), stacked, True, *routes)
         return _Cos2.apply(tuple(pair_list), float(beta), stacked, False, *stacked)
 
     @torch.no_grad()
@@ -572,6 +631,13 @@ class Subspace:
     def canonical_point(self) -> Point:
         """α = 0.5 (line, curve) or the simplex centroid."""
         return canonical_point(self.kind, self.K)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return False  # pragma: no cover - torch < 2.3
 
 
 def _host_scalars(device: torch.device) -> bool:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize as _parametrize
 
-__all__ = ["Endpoints", "mix", "install_fast_getter"]
+__all__ = ["Endpoints", "MixAll", "mix", "install_fast_getter"]
 
 
 def _mix_forward(stacked: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
@@ -104,6 +104,44 @@ class _MixRouted(torch.autograd.Function):
         return combine_points(route_grad, stacked, ctx.coeffs, grad), None
 
 
+class MixAll(torch.autograd.Function):
+    """Every subspace tensor of a model mixed in one autograd node: ``(w_1 … w_T, route)``.
+
+    The same arithmetic as the per-tensor nodes (:func:`_mix_forward`, :func:`_mix_grad`,
+    :func:`combine_points`), so the results are bit-identical; only the bookkeeping differs. A model's forward
+    interleaves its tensors' small mixing operations with large kernels (convolutions), which evict the
+    interpreter's and the dispatcher's working set from the caches: each small per-tensor node then costs
+    several times what it costs back to back. Run before the forward, and as one node in the backward, they
+    stay warm. ``routed[t]``: tensor t takes the regulariser's K × K gradient from the one shared ``route``.
+    The node keeps the stored tensors as attributes (no saved tensors to free), like :class:`_MixRouted`.
+    """
+
+    @staticmethod
+    def forward(ctx, coeffs, routed, *stacked):
+        ctx.set_materialize_grads(False)
+        ctx.coeffs, ctx.routed, ctx.stacked = coeffs, routed, stacked
+        ctx.versions = [t._version for t in stacked]
+        with torch.autocast(stacked[0].device.type, enabled=False):
+            ws = [_mix_forward(t, c) for t, c in zip(stacked, coeffs)]
+        K = stacked[0].shape[0]
+        route = torch.zeros((K, K), dtype=stacked[0].dtype, device=stacked[0].device)
+        return (*ws, route)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        route_grad = grads[-1]
+        out = []
+        for t, c, r, g, v in zip(ctx.stacked, ctx.coeffs, ctx.routed, grads[:-1], ctx.versions):
+            if route_grad is not None and r:
+                if t._version != v:
+                    raise RuntimeError("subspace: the stored points were modified in place (e.g. by "
+                                       "optimizer.step()) between the forward and the backward of the regulariser")
+                out.append(combine_points(route_grad, t, c, g))
+            else:
+                out.append(None if g is None else _mix_grad(c, g))
+        return (None, None, *out)
+
+
 def mix(stacked: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """``Σ_i coeffs[i] · stacked[i]`` with the exact endpoint behaviour and fused gradient of :class:`_Mix`."""
     if coeffs.dtype != stacked.dtype or coeffs.device != stacked.device:
@@ -128,7 +166,9 @@ def install_fast_getter(module: nn.Module, name: str) -> None:
         plist = self._modules["parametrizations"]._modules[name]
         if _parametrize._cache_enabled or len(plist) != 1 or torch.jit.is_scripting():
             return slow.fget(self)
-        return plist._modules["0"].forward(plist._parameters["original"])
+        ep = plist._modules["0"]
+        w = ep._now  # computed with every other tensor of the model by Subspace's forward pre-hook
+        return w if w is not None else ep.forward(plist._parameters["original"])
 
     setattr(cls, name, property(fget, slow.fset))
 
@@ -158,6 +198,7 @@ class Endpoints(nn.Module):
         self.register_buffer("coeffs", coeffs, persistent=False)
         self.routed = False  # set by Subspace.prepare_regularizer() on regularised tensors
         self._route = None  # (route, stacked, version) of the latest training forward
+        self._now = None  # this forward's weight, from MixAll (cleared after the forward and at a new point)
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
         if not (self.routed and torch.is_grad_enabled() and stacked.requires_grad):
@@ -187,6 +228,7 @@ class Endpoints(nn.Module):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         state["_route"] = None
+        state["_now"] = None
         return state
 
     def extra_repr(self) -> str:
