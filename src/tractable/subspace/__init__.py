@@ -18,7 +18,10 @@ evaluated point.
 Storage and cost. A tensor's K stored points are one Parameter of shape (K, *shape); the forward mixes them in
 one operator (``torch.lerp`` for K = 2) and the backward writes their gradient c ⊗ ∂L/∂w in one more; the
 regulariser's gradient (a K × K matrix S times the stored points) is applied inside the same backward node
-(``Subspace.prepare_regularizer``), so each stored tensor gets one gradient tensor per step.
+(``Subspace.prepare_regularizer``), so each stored tensor gets one gradient tensor per step. A forward pre-hook
+mixes all tensors of the model in one autograd node before the forward (``Subspace.mix_all``, on by default,
+bit-identical to mixing each tensor when it is accessed), so the small mixing operations run back to back
+instead of between large kernels that leave them cold.
 
 Usage in your own loop::
 
