@@ -634,10 +634,16 @@ class Subspace:
 
 
 def _compiling() -> bool:
+    """Whether torch.compile is tracing (the per-tensor nodes are used then)."""
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):
         return compiler.is_compiling()
-    return False  # pragma: no cover - torch < 2.3
+    try:  # pragma: no cover - older torch
+        import torch._dynamo
+
+        return torch._dynamo.is_compiling()
+    except (ImportError, AttributeError):  # pragma: no cover
+        return False
 
 
 def _host_scalars(device: torch.device) -> bool:
