@@ -638,12 +638,8 @@ def _compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):
         return compiler.is_compiling()
-    try:  # pragma: no cover - older torch
-        import torch._dynamo
-
-        return torch._dynamo.is_compiling()
-    except (ImportError, AttributeError):  # pragma: no cover
-        return False
+    dynamo = getattr(torch, "_dynamo", None)  # pragma: no cover - older torch
+    return bool(dynamo is not None and hasattr(dynamo, "is_compiling") and dynamo.is_compiling())
 
 
 def _host_scalars(device: torch.device) -> bool:
