@@ -26,7 +26,7 @@ import torch
 
 from tractable.models import create_model, model_defaults
 from tractable.models.crate import CRATE, load_crate_checkpoint, read_state_dict
-from tractable.train.report import new_figure
+from tractable.train.report import new_figure, save_figure
 
 __all__ = ["load_crate_model", "dataset_images", "run_measure", "run_attention", "fashion_report",
            "plot_layer_curves", "attention_figure", "mae_reconstruction_figure"]
@@ -186,10 +186,7 @@ def plot_layer_curves(series: Dict[str, List[dict]], path: Path, title: str = ""
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def measure_table(stats: List[dict]) -> str:
@@ -295,10 +292,7 @@ def attention_figure(images: torch.Tensor, labels: List[str], maps: torch.Tensor
             ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    return path
+    return save_figure(fig, path, dpi=130)
 
 
 def run_attention(source, images: Sequence[str], *, model: Optional[str] = None, model_kwargs=None,
@@ -430,8 +424,4 @@ def mae_reconstruction_figure(model, images: torch.Tensor, path, mask_ratio: Opt
             axes[b, j].set_yticks([])
             if b == 0:
                 axes[b, j].set_title(title, fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from tractable.train.config import apply_overrides, config_from_dict
-from tractable.train.report import new_figure
+from tractable.train.report import new_figure, save_figure
 
 
 @dataclass
@@ -164,6 +164,4 @@ def plot_curves(curves: Dict[str, List[List[float]]], path: Path) -> Path:
     ax.set_title(f"digits, MLP, mean ± std over {len(next(iter(curves.values())))} seeds")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -36,7 +36,7 @@ from tractable.diffusion import (
     feature_stats,
     frechet_distance_from_stats,
 )
-from tractable.train.report import new_figure
+from tractable.train.report import new_figure, save_figure
 
 __all__ = ["load_run", "sample", "save_grid", "pixel_clip", "dataset_images", "train_fid_classifier",
            "fid_over_checkpoints", "plot_fid", "checkpoint_steps"]
@@ -346,7 +346,4 @@ def plot_fid(results, path: Union[str, Path]) -> Path:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -52,7 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from tractable.train.report import new_figure
+from tractable.train.report import new_figure, save_figure
 
 __all__ = ["AuditConfig", "ARCHS", "METHODS", "KINDS", "RunSpec", "plan", "run_audit", "quick_config",
            "available_methods", "summarize"]
@@ -683,9 +683,7 @@ def _plots(cfg: AuditConfig, s: Dict[str, Any], out: Path) -> List[str]:
                 ax.set_yscale("log")
                 ax.axhline(D1_THRESHOLD, color="r", lw=0.8, ls="--")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        files.append(str(out / fname))
+        files.append(str(save_figure(fig, out / fname, dpi=110)))
     fig, axes = new_figure((5 * len(archs), 3.6), 1, len(archs), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         rows = [r for r in s["rows"] if r["arch"] == arch]
@@ -711,9 +709,7 @@ def _plots(cfg: AuditConfig, s: Dict[str, Any], out: Path) -> List[str]:
         ax.legend(fontsize=7)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{arch}: accuracy vs baselines")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    files.append(str(out / "accuracy.png"))
+    files.append(str(save_figure(fig, out / "accuracy.png", dpi=110)))
     return files
 
 

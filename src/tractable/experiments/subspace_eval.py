@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import yaml
 
-from tractable.train.report import new_figure
+from tractable.train.report import new_figure, save_figure
 
 __all__ = ["load_run", "evaluate_run", "ensemble_eval", "plot_line", "plot_simplex"]
 
@@ -174,11 +174,7 @@ def plot_line(res: Dict[str, Any], path, refs: Optional[Dict[str, float]] = None
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_simplex(res: Dict[str, Any], path) -> Path:
@@ -194,11 +190,7 @@ def plot_simplex(res: Dict[str, Any], path) -> Path:
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(f"simplex: centroid {100 * res['centroid']['acc']:.2f} %", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def ensemble_eval(runs: Sequence[str], out_dir, *, device: str = "cpu", combine: str = "logits",

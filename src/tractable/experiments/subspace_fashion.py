@@ -149,14 +149,13 @@ def table(results: Dict[str, Any], noises, seeds: int) -> str:
 
 
 def plot_line_seeds(results: Dict[str, Any], noise: float, seeds: int, path: Path) -> Path:
-    from matplotlib.figure import Figure
+    from tractable.train.report import new_figure, save_figure
 
     res = results[f"noise{noise:g}"]
     lines = [res[f"line-s{s}"] for s in range(seeds) if f"line-s{s}" in res]
     if not lines:
         return path
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
+    fig, ax = new_figure((6, 4))
     xs = [p["alpha"] for p in lines[0]["points"]]
     for key, label, marker in (("points", "line: network at α", "o"), ("pairs", "ensemble of α and 1−α", "s")):
         if key == "points":
@@ -177,9 +176,7 @@ def plot_line_seeds(results: Dict[str, Any], noise: float, seeds: int, path: Pat
     ax.set_title(f"Fashion-MNIST, small BN CNN, {100 * noise:.0f} % label noise, {len(lines)} seeds", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,15 @@ def new_figure(figsize, nrows: int = 1, ncols: int = 1, **subplots_kw):
     return fig, fig.subplots(nrows, ncols, **subplots_kw)
 
 
+def save_figure(fig, path: PathLike, dpi: int = 100) -> Path:
+    """Lay out ``fig`` (``tight_layout``), write it to ``path`` (parent folders created) and return the path."""
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def read_summary(run_dir: PathLike) -> Dict[str, Any]:
     """``run_dir/summary.json`` ({} if the run has not finished)."""
     p = Path(run_dir) / "summary.json"
@@ -61,10 +70,7 @@ def plot_run(run_dir: PathLike) -> List[Path]:
     steps_per_epoch = _steps_per_epoch(records)
 
     def save(fig, name):
-        path = out_dir / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / name))
 
     # loss: per-step training loss against epochs, per-epoch train/test loss
     fig, ax = new_figure((6, 4))
@@ -222,8 +228,4 @@ def plot_compare(run_dirs: Sequence[PathLike], path: PathLike, metric: Optional[
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)
