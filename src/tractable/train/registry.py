@@ -5,16 +5,27 @@ the duplicate check and the "accepted values" error read the same everywhere.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+import importlib
+from typing import Callable, Dict, List, Optional
 
 
 class ClassRegistry:
     """Classes by name. ``what`` names an entry in messages ("learning rule"); ``key`` is the config key that
-    selects one ("method.name"); ``base`` returns the class every entry must subclass (resolved lazily)."""
+    selects one ("method.name"); ``base`` returns the class every entry must subclass (resolved lazily).
+    ``modules``: names of modules that register further entries (one per family), imported the first time the
+    registry is read; the list is read live, so names appended later are imported too."""
 
-    def __init__(self, what: str, key: str, base: Callable[[], type]):
+    def __init__(self, what: str, key: str, base: Callable[[], type], modules: Optional[List[str]] = None):
         self.what, self.key, self._base = what, key, base
         self._classes: Dict[str, type] = {}
+        self._modules = modules if modules is not None else []
+        self._loaded: List[str] = []
+
+    def _load_modules(self) -> None:
+        for name in self._modules:
+            if name not in self._loaded:
+                self._loaded.append(name)
+                importlib.import_module(name)
 
     def register(self, name: str) -> Callable[[type], type]:
         """Class decorator: make a subclass of the base available under ``name`` (also sets ``cls.name``)."""
@@ -35,9 +46,11 @@ class ClassRegistry:
         return deco
 
     def names(self) -> List[str]:
+        self._load_modules()
         return sorted(self._classes)
 
     def get(self, name: str) -> type:
+        self._load_modules()
         if name not in self._classes:
             raise ValueError(f"{self.key}: unknown {self.what} {name!r}; accepted values: "
                              f"{', '.join(map(repr, self.names()))}")

@@ -28,7 +28,6 @@ package's public functions.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -41,18 +40,9 @@ from tractable.train.registry import ClassRegistry
 __all__ = ["LearningRule", "NormalRule", "TrActRule", "register_rule", "build_rule", "list_rules", "rule_class",
            "rules_with_option", "describe_rules", "RULE_MODULES"]
 
-_RULES = ClassRegistry("learning rule", "method.name", lambda: LearningRule)
-
 #: modules that register further rules (one per method family), imported the first time the registry is read
 RULE_MODULES: List[str] = ["tractable.experiments.subspace_rules", "tractable.experiments.feedback_rules"]
-_loaded: List[str] = []
-
-
-def _load_rule_modules() -> None:
-    for name in RULE_MODULES:
-        if name not in _loaded:
-            _loaded.append(name)
-            importlib.import_module(name)
+_RULES = ClassRegistry("learning rule", "method.name", lambda: LearningRule, modules=RULE_MODULES)
 
 
 def register_rule(name: str) -> Callable[[type], type]:
@@ -62,13 +52,11 @@ def register_rule(name: str) -> Callable[[type], type]:
 
 def list_rules() -> List[str]:
     """Names accepted by ``method.name``."""
-    _load_rule_modules()
     return _RULES.names()
 
 
 def rule_class(name: str) -> type:
     """The :class:`LearningRule` subclass registered as ``name`` (ValueError listing the accepted names)."""
-    _load_rule_modules()
     return _RULES.get(name)
 
 

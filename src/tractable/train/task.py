@@ -25,20 +25,9 @@ from tractable.train.registry import ClassRegistry
 
 __all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks", "TASK_MODULES"]
 
-_TASKS = ClassRegistry("task", "task", lambda: Task)
-
 #: modules that register further tasks (one per family), imported the first time the registry is read
 TASK_MODULES: List[str] = ["tractable.train.diffusion_task"]
-_loaded: List[str] = []
-
-
-def _load_task_modules() -> None:
-    import importlib
-
-    for name in TASK_MODULES:
-        if name not in _loaded:
-            _loaded.append(name)
-            importlib.import_module(name)
+_TASKS = ClassRegistry("task", "task", lambda: Task, modules=TASK_MODULES)
 
 
 def register_task(name: str) -> Callable[[type], type]:
@@ -47,13 +36,11 @@ def register_task(name: str) -> Callable[[type], type]:
 
 
 def list_tasks() -> List[str]:
-    _load_task_modules()
     return _TASKS.names()
 
 
 def build_task(cfg) -> "Task":
     """The task named ``cfg.task``, built from the whole :class:`~tractable.train.config.RunConfig`."""
-    _load_task_modules()
     cls = _TASKS.get(cfg.task)
     if getattr(cfg, "task_kwargs", None) and not hasattr(cls, "Options"):
         from tractable.train.config import ConfigError
