@@ -2,7 +2,6 @@
 resumability (a finished run is never redone, an interrupted one resumes), the penalty term, the fresh-B null,
 bad inputs."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

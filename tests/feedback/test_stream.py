@@ -83,7 +83,6 @@ def test_block_fa_random_b_signal_is_g_plus_gB_and_skip_false_drops_identity(gen
         hL = hs[-1].clone().requires_grad_(True)
         g = torch.autograd.grad(F.cross_entropy(model.head(model.readout(hL)), y), hL)[0]
         for l in reversed(range(model.depth)):
-            blk = model.blocks[l]
             torch.testing.assert_close(grads[f"blocks.{l}.weight"], g.T @ hs[l])  # block trained by BP from g
             B = getattr(model.credit, f"B_{l}")
             g = g + g @ B if skip else g @ B

@@ -1,7 +1,5 @@
 """convert(): equivalence with plain models at every point, gradients, BN recompute, export, checkpoints,
 every module kind, regulariser, layerwise / multi-sample draws, optimiser helpers and bad inputs."""
-import math
-
 import pytest
 import torch
 import torch.nn as nn

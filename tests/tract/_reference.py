@@ -93,7 +93,6 @@ def reference(layer, x, R, lam):
         Wf = W.reshape(m, -1)
         unbatched = x.dim() == len(layer.kernel_size) + 1
         B = 1 if unbatched else x.shape[0]
-        L = X.shape[0] // B
         C_g = W.shape[1]
         kk = Wf.shape[1] // C_g
         Zs = []

@@ -196,7 +196,6 @@ class HubPoint:
 
 
 def _project(g: torch.Tensor, pt: HubPoint, shape: torch.Size, normalize: str, dt: torch.dtype) -> torch.Tensor:
-    n = shape[0]
     a = g @ pt.B.to(dt)  # (N, D) or (N, T, d) for per-token errors
     if pt.layout == "vec":
         return normalize_signal(a, normalize, 1, shape[-1]).view(shape)

@@ -30,7 +30,6 @@ arguments. Parameters at 224²/16: tiny 11,555,328; small 25,405,824 (trainable 
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -129,7 +128,7 @@ class CRATEMAE(nn.Module):
         if H % P or W % P:
             raise ValueError(f"{name}: image_size={H}×{W} must be a multiple of patch_size={P}")
         self.grid = (H // P, W // P)
-        N = self.num_patches = self.grid[0] * self.grid[1]
+        self.num_patches = self.grid[0] * self.grid[1]
         self.norm_pix_loss, self.loss_on, self.dim = norm_pix_loss, loss_on, dim
         dh = dim // heads
 

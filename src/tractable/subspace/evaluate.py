@@ -16,7 +16,6 @@ the pass) and are cached, so a point used twice (α and an ensemble member) is r
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch

@@ -12,7 +12,7 @@ r"""Attention-map segmentation of CRATE (CPAL 2024 "Emergence of Segmentation"; 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,6 @@ LN₁(Z^ℓ) with the same convention; ``"paper"`` — R^c on U_kᵀZ^{ℓ+½} (
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, List, Optional
 
