@@ -562,3 +562,22 @@ def test_compiled_training_step_matches_eager():
         for n, g in got.items():
             assert torch.allclose(g, sub.stacked(n).grad, atol=1e-6), n
         m.zero_grad()
+
+
+def test_a_direct_weight_access_after_the_forward_does_not_count_the_regulariser_twice():
+    """After a MixAll forward, reading a weight directly (grad enabled) makes a per-tensor route for it; the
+    regulariser still routes through the forward's shared node only, so its gradient matches the direct path."""
+    grads = {}
+    for mode in ("direct", "access"):
+        model, sub = _make(kind="line")
+        if mode == "access":
+            sub.prepare_regularizer()
+        model.train()
+        sub.set_point(0.3)
+        out = model(X).sum()
+        if mode == "access":
+            _ = model.fc.weight  # a per-tensor node with its own route
+        (out + sub.regularizer(2.0)).backward()
+        grads[mode] = {n: sub.stacked(n).grad.clone() for n in sub.tensor_names()}
+    for n, g in grads["direct"].items():
+        assert torch.allclose(grads["access"][n], g, rtol=1e-5, atol=1e-7), n

@@ -477,6 +477,8 @@ class Subspace:
         if not regs[0].endpoints.routed:
             self.prepare_regularizer()
         else:  # after a training forward: the gradient goes through its mixing node(s)
+            # the forward's shared MixAll route first, and alone: its node applies S to every tensor it routed, so
+            # also passing a per-tensor route made by a later direct access would count S twice for that tensor
             shared = self._live_batch_route(stacked)
             if shared is not None:
                 return _Cos2.apply(tuple(pair_list), float(beta), stacked, True, shared)
