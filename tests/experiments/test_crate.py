@@ -150,9 +150,10 @@ def test_crate_presets_validate():
 
 
 def test_demo_section_runs_and_reports_sparsity(tmp_path, monkeypatch):
-    from tractable.experiments import crate_demo, demo
+    from tractable.experiments import demo
+    from tractable.experiments.crate import demo as crate_demo
 
-    assert "tractable.experiments.crate_demo:crate_section" in demo.SECTIONS
+    assert "tractable.experiments.crate.demo:crate_section" in demo.SECTIONS
     monkeypatch.setattr(crate_demo, "EPOCHS", 1)
     lines = []
     md = crate_demo.crate_section(seeds=1, root=tmp_path, echo=lines.append)
@@ -161,7 +162,7 @@ def test_demo_section_runs_and_reports_sparsity(tmp_path, monkeypatch):
 
 
 def test_mae_reconstruction_figure(tmp_path, gen):
-    from tractable.experiments.crate import mae_reconstruction_figure
+    from tractable.experiments.crate.commands import mae_reconstruction_figure
     from tractable.models.crate_mae import CRATEMAE
 
     m = CRATEMAE(image_size=16, patch_size=4, in_channels=1, dim=16, depth=1, heads=2)

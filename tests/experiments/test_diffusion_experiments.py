@@ -6,7 +6,7 @@ import pytest
 
 from tests.train.test_diffusion_task import diffusion_dict
 from tractable.cli.main import main
-from tractable.experiments.diffusion import checkpoint_steps, fid_table, load_run, sample
+from tractable.experiments.diffusion.commands import checkpoint_steps, fid_table, load_run, sample
 from tractable.train import config_from_dict, train
 
 
@@ -62,7 +62,7 @@ def test_bad_inputs(run_dir, tmp_path, capsys):
 def test_feature_classifier_does_not_depend_on_the_global_rng(run_dir):
     import torch
 
-    from tractable.experiments.diffusion import _cfg, train_fid_classifier
+    from tractable.experiments.diffusion.commands import _cfg, train_fid_classifier
 
     cfg = _cfg(run_dir)
     torch.manual_seed(1)

@@ -5,7 +5,7 @@ import pytest
 
 from tests.data._builders import cifar10_arrays, write_cifar10_python
 from tractable.cli.main import build_parser, main
-from tractable.experiments.tract_cifar import config_from_args
+from tractable.experiments.tract.cifar import config_from_args
 
 OFFICIAL_FLAGS = ["--method", "--l", "--n_epochs", "--lr", "--optim", "--batch_size", "--dataset", "--seed",
                   "--no_data_aug", "--no_cudnn", "--device"]

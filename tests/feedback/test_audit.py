@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tractable.cli.main import main as cli
-from tractable.experiments import fa_audit as A
+from tractable.experiments.feedback import audit as A
 
 TINY = dict(archs=["resmlp"], seeds=[42], epochs=1, penalty_epochs=1, null_redraws=2, diag_samples=64,
             model_kwargs={"resmlp": {"dim": 16, "depth": 2}}, subset=256, test_subset=128)

@@ -114,7 +114,7 @@ def test_fa_on_multihead_attention_model_fails_at_start(tmp_path):
 
 
 def test_ddp_buffer_broadcast_off_only_when_the_buffers_are_feedback_matrices():
-    from tractable.experiments.feedback_rules import DFARule, FARule
+    from tractable.experiments.feedback.rules import DFARule, FARule
     from tractable.models import create_model
 
     rule = DFARule(DFARule.Options(seed=0))

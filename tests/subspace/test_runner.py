@@ -34,7 +34,7 @@ def test_subspace_rule_trains_a_line_and_reports_the_honest_midpoint(tmp_path):
     recs = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("subspace_cos2_mean" in r for r in recs if r["kind"] == "step")
     # rebuild from config + strict checkpoint load; the midpoint with recomputed BN gives the logged accuracy
-    from tractable.experiments.subspace_eval import load_run
+    from tractable.experiments.subspace.evaluate import load_run
 
     run = load_run(res.run_dir)
     assert run.sub is not None and run.sub.kind == "line"
@@ -118,7 +118,7 @@ def test_swa_rule_averages_epoch_ends_and_updates_bn(tmp_path):
     # BN statistics: update_bn of the averaged weights over the (unaugmented) training set
     from torch.optim.swa_utils import update_bn
 
-    from tractable.experiments.subspace_eval import load_run
+    from tractable.experiments.subspace.evaluate import load_run
 
     run = load_run(res.run_dir)
     ref = run.model
@@ -153,7 +153,7 @@ def test_commands_subspace_eval_ensemble_eval_and_compare(tmp_path, capsys):
 
 
 def test_demo_section_reports_midpoint_and_endpoints(tmp_path, monkeypatch):
-    from tractable.experiments import subspace_demo
+    from tractable.experiments.subspace import demo as subspace_demo
 
     monkeypatch.setitem(subspace_demo.BASE, "train", {**subspace_demo.BASE["train"], "epochs": 1, "eval_every": 1,
                                                       "save_every": 1})
@@ -168,7 +168,7 @@ def test_demo_section_reports_midpoint_and_endpoints(tmp_path, monkeypatch):
 def test_subspace_rule_under_bf16_autocast(tmp_path):
     res = train(bn_cfg(tmp_path, "amp", {"name": "subspace", "kind": "curve"}, train={"amp": "bf16", "epochs": 1}))
     assert math.isfinite(res.summary["final_test"]["test_loss"])
-    from tractable.experiments.subspace_eval import load_run
+    from tractable.experiments.subspace.evaluate import load_run
 
     run = load_run(res.run_dir)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -180,8 +180,8 @@ def test_subspace_rule_under_bf16_autocast(tmp_path):
 def test_digits_with_label_noise_midpoint_needs_its_own_bn(tmp_path):
     """Spec test 18: digits, 20 % label noise, a BN CNN line; the midpoint with recomputed statistics clearly beats
     the midpoint with the training-time (mixture) statistics."""
-    from tractable.experiments import subspace_demo
-    from tractable.experiments.subspace_eval import load_run
+    from tractable.experiments.subspace import demo as subspace_demo
+    from tractable.experiments.subspace.evaluate import load_run
     from tractable.train.config import apply_overrides
 
     accs = {"recomputed": [], "mixture": []}

@@ -25,7 +25,7 @@ def _floats(text):
 
 
 def _cmd_measure(args) -> int:
-    from tractable.experiments.crate import run_measure
+    from tractable.experiments.crate.commands import run_measure
 
     run_measure(args.source, args.data, model=args.model, model_kwargs=args.model_kwargs, split=args.split,
                 num=args.num, batch_size=args.batch_size, mode=args.mode, eps=args.eps, out=args.out,
@@ -34,7 +34,7 @@ def _cmd_measure(args) -> int:
 
 
 def _cmd_attention(args) -> int:
-    from tractable.experiments.crate import run_attention
+    from tractable.experiments.crate.commands import run_attention
 
     run_attention(args.source, args.images, model=args.model, model_kwargs=args.model_kwargs, layer=args.layer,
                   threshold=None if args.threshold <= 0 else args.threshold, pca=args.pca,

@@ -1,5 +1,5 @@
 """Commands of the diffusion family (diffusion-sample, fid): argument parsing only; the work is in
-:mod:`tractable.experiments.diffusion`."""
+:mod:`tractable.experiments.diffusion.commands`."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +23,7 @@ FID_EXAMPLES = """examples:
 def _cmd_sample(args) -> int:
     from pathlib import Path
 
-    from tractable.experiments.diffusion import load_run, sample, save_grid
+    from tractable.experiments.diffusion.commands import load_run, sample, save_grid
 
     model, diffusion, info, cfg = load_run(args.run, args.step, ema=not args.no_ema, device=args.device)
     images = sample(model, diffusion, info, args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
@@ -35,7 +35,7 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_fid(args) -> int:
-    from tractable.experiments.diffusion import fid_over_checkpoints, fid_table
+    from tractable.experiments.diffusion.commands import fid_over_checkpoints, fid_table
 
     results = fid_over_checkpoints(args.runs, n=args.n, steps=args.steps, sampler=args.sampler,
                                    features=args.features, seed=args.seed, ema=not args.no_ema, out=args.out,

@@ -29,7 +29,7 @@ def _floats(text: str) -> float:
 def _cmd_audit(args) -> int:
     import time
 
-    from tractable.experiments.fa_audit import AuditConfig, quick_config, run_audit
+    from tractable.experiments.feedback.audit import AuditConfig, quick_config, run_audit
 
     device = args.device
     if args.gpu is not None:

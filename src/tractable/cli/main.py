@@ -48,7 +48,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_tract_cifar(args) -> int:
-    from tractable.experiments.tract_cifar import run
+    from tractable.experiments.tract.cifar import run
 
     result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value")
     t.set_defaults(func=_cmd_train)
 
-    from tractable.experiments.tract_cifar import __doc__ as tc_doc, add_arguments
+    from tractable.experiments.tract.cifar import __doc__ as tc_doc, add_arguments
 
     c = sub.add_parser("tract-cifar", help="the official TrAct CIFAR recipe (train_cifar.py flags)",
                        description=tc_doc.split("\n\n")[0])

@@ -1,5 +1,5 @@
 """Commands of the subspace family (subspace-eval, ensemble-eval): argument parsing only; the work is in
-:mod:`tractable.experiments.subspace_eval`."""
+:mod:`tractable.experiments.subspace.evaluate`."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ EVAL_EXAMPLES = """examples:
 
 
 def _cmd_eval(args) -> int:
-    from tractable.experiments.subspace_eval import evaluate_run
+    from tractable.experiments.subspace.evaluate import evaluate_run
 
     evaluate_run(args.run, step=args.step, bn_batches=args.bn_batches, device=args.device, standard=args.standard,
                  ensemble=args.ensemble, heatmap_step=args.heatmap_step, ensemble_size=args.ensemble_size,
@@ -22,7 +22,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_ensemble(args) -> int:
-    from tractable.experiments.subspace_eval import ensemble_eval
+    from tractable.experiments.subspace.evaluate import ensemble_eval
 
     ensemble_eval(args.runs, args.out, device=args.device, combine=args.combine, data_root=args.data_dir)
     return 0

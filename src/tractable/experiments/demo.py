@@ -43,9 +43,9 @@ ROWS: List[DemoRow] = [
 ]
 
 #: extra demo sections, ``"module:function"`` (see the module docstring), run in this order after the table
-SECTIONS: List[str] = ["tractable.experiments.subspace_demo:demo_section",
-                       "tractable.experiments.crate_demo:crate_section",
-                       "tractable.experiments.diffusion_study:demo_section"]
+SECTIONS: List[str] = ["tractable.experiments.subspace.demo:demo_section",
+                       "tractable.experiments.crate.demo:crate_section",
+                       "tractable.experiments.diffusion.study:demo_section"]
 
 BASE = {
     "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 512},

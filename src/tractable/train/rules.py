@@ -41,7 +41,7 @@ __all__ = ["LearningRule", "NormalRule", "TrActRule", "register_rule", "build_ru
            "rules_with_option", "describe_rules", "RULE_MODULES"]
 
 #: modules that register further rules (one per method family), imported the first time the registry is read
-RULE_MODULES: List[str] = ["tractable.experiments.subspace_rules", "tractable.experiments.feedback_rules"]
+RULE_MODULES: List[str] = ["tractable.experiments.subspace.rules", "tractable.experiments.feedback.rules"]
 _RULES = ClassRegistry("learning rule", "method.name", lambda: LearningRule, modules=RULE_MODULES)
 
 

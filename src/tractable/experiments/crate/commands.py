@@ -339,7 +339,7 @@ def run_attention(source, images: Sequence[str], *, model: Optional[str] = None,
 
 # ------------------------------------------------------------------------------------------------ Fashion-MNIST
 def fashion_report(out, num: int = 256, maps_images: Sequence[int] = (0, 1, 2, 3, 4, 5), echo=print) -> str:
-    """The docs/crate.md numbers from the runs of :mod:`tractable.experiments.crate_fashion` under ``out``."""
+    """The docs/crate.md numbers from the runs of :mod:`tractable.experiments.crate.fashion` under ``out``."""
     from tractable.whitebox import measure_layers
 
     out = Path(out)

@@ -30,7 +30,7 @@ def _ms(v: List[float]):
 
 def demo_section(seeds: int = 3, root="runs", echo=print) -> str:
     """Train and evaluate; print and return a Markdown table (about 30 s on 2 CPU cores)."""
-    from tractable.experiments.subspace_eval import load_run
+    from tractable.experiments.subspace.evaluate import load_run
     from tractable.subspace import accuracy, evaluate_point, predict
     from tractable.train import config_from_dict, train
     from tractable.train.config import apply_overrides

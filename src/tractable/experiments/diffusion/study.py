@@ -7,7 +7,7 @@ backprop vs TrAct (λ = 0.1) on the first layer; AdamW, batch 64, EMA 0.99; chec
 DDIM samples against the training images in the feature space of a classifier trained on digits (offline, a
 relative measure — **not** comparable to Inception-FID numbers).
 
-Run: ``python -m tractable.experiments.diffusion_study OUT_DIR [--seeds 0 1] [--epochs 40]``.
+Run: ``python -m tractable.experiments.diffusion.study OUT_DIR [--seeds 0 1] [--epochs 40]``.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def train_all(out_dir: Path, *, models=MODELS, seeds=(0, 1), epochs: int = 40, s
 
 def run_study(out_dir, *, seeds=(0, 1), epochs: int = 40, save_every: int = 8, n: int = 500, steps: int = 25,
               echo: Callable[[str], None] = print) -> Dict[str, object]:
-    from tractable.experiments.diffusion import fid_over_checkpoints, load_run, sample, save_grid
+    from tractable.experiments.diffusion.commands import fid_over_checkpoints, load_run, sample, save_grid
 
     out_dir = Path(out_dir)
     runs = train_all(out_dir, seeds=seeds, epochs=epochs, save_every=save_every, echo=echo)
@@ -82,7 +82,7 @@ def demo_section(*, seeds=1, root, echo: Callable[[str], None] = print, epochs: 
                  steps: int = 20) -> str:
     """``tractable demo`` section: dit_tiny_2 plain vs TrAct on digits, FID proxy of DDIM samples (≤ ~40 s; one
     seed whatever ``seeds`` says — the study in docs/diffusion.md has the seeds and error bars)."""
-    from tractable.experiments.diffusion import fid_over_checkpoints
+    from tractable.experiments.diffusion.commands import fid_over_checkpoints
     from tractable.train import train
 
     root = Path(root) / "diffusion"
@@ -106,7 +106,7 @@ def demo_section(*, seeds=1, root, echo: Callable[[str], None] = print, epochs: 
 
 def merge(out_dir) -> Dict[str, object]:
     """Combine the ``fid-s*/fid.json`` of per-seed study processes into ``fid/`` (JSON, table, plot)."""
-    from tractable.experiments.diffusion import fid_table, plot_fid
+    from tractable.experiments.diffusion.commands import fid_table, plot_fid
 
     out_dir = Path(out_dir)
     merged: Dict[str, object] = {}

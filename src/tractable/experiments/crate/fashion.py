@@ -7,8 +7,8 @@ standard 1/√d_h attention scale and a 4d MLP (21.3M parameters); both AdamW (l
 batch 64, warm-up 0.5 epoch + cosine, label smoothing 0.1, no augmentation, the first ``subset`` training images
 and the first ``test_subset`` test images.
 
-    python -m tractable.experiments.crate_fashion --out runs/crate-fashion --seeds 0 1 --subset 2000 --epochs 4
-    python -m tractable.experiments.crate_fashion --out runs/crate-fashion --report   # tables, curves, maps
+    python -m tractable.experiments.crate.fashion --out runs/crate-fashion --seeds 0 1 --subset 2000 --epochs 4
+    python -m tractable.experiments.crate.fashion --out runs/crate-fashion --report   # tables, curves, maps
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def main(argv: List[str] = None) -> int:
     if not args.report:
         train_all(out, args.seeds, args.subset, args.test_subset, args.epochs, args.models)
     else:
-        from tractable.experiments.crate import fashion_report
+        from tractable.experiments.crate.commands import fashion_report
 
         print(fashion_report(out))
     return 0

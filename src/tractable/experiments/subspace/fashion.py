@@ -7,7 +7,7 @@ BatchNorm statistics recomputed for every point (``bn_batches`` training batches
 BatchNorm update; the ensemble of two = logit average of standard runs with different seeds (pairs (s, s+1 mod n),
 so the pairs share members). Results: ``OUT/results.json``, ``OUT/results.md`` and ``OUT/line*.png``.
 
-    python -m tractable.experiments.subspace_fashion --out runs/subspace-fashion --seeds 3 --epochs 8 \\
+    python -m tractable.experiments.subspace.fashion --out runs/subspace-fashion --seeds 3 --epochs 8 \\
         --subset 10000
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _mean_se(values: List[float]):
 def run(out: Path, seeds: int = 3, epochs: int = 8, subset: Optional[int] = 10000, noises=(0.0, 0.2),
         lr: float = 0.05, swa_lr: float = 0.025, bn_batches: int = 10, step: float = 0.1, echo=print,
         methods_used=METHODS) -> Dict[str, Any]:
-    from tractable.experiments.subspace_eval import load_run
+    from tractable.experiments.subspace.evaluate import load_run
     from tractable.subspace import evaluate_grid, evaluate_models
 
     out = Path(out)

@@ -1,0 +1,1 @@
+"""The diffusion family's runner code: rules, command back ends, studies and figures."""

@@ -1,0 +1,1 @@
+"""The tract family's runner code: rules, command back ends, studies and figures."""
