@@ -36,13 +36,16 @@ def _cmd_measure(args) -> int:
 def _cmd_attention(args) -> int:
     from tractable.experiments.crate.commands import run_attention
 
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold: the fraction of attention mass to keep must be in [0, 1] (0: off), got "
+                         f"{args.threshold}")
     run_attention(args.source, args.images, model=args.model, model_kwargs=args.model_kwargs, layer=args.layer,
-                  threshold=None if args.threshold <= 0 else args.threshold, pca=args.pca,
+                  threshold=None if args.threshold == 0 else args.threshold, pca=args.pca,
                   image_size=args.image_size, mean=args.mean, std=args.std, out=args.out, root=args.data_dir)
     return 0
 
 
-def _common(p) -> None:
+def _common(p, command: str) -> None:
     p.add_argument("source", metavar="RUN_OR_CKPT",
                    help="a run directory of `tractable train`, or a checkpoint file (.pth/.pt/.safetensors; "
                         "official {'state_dict': ...} files with module. prefixes are fine) together with --model")
@@ -51,7 +54,10 @@ def _common(p) -> None:
     p.add_argument("--model-kwargs", type=_kwargs, default=None, metavar="JSON",
                    help="extra model arguments as JSON, e.g. '{\"patch_size\": 8}' (shape is read off the weights)")
     p.add_argument("--data-dir", default=None, help="dataset root (default: the run's, $TRACTABLE_DATA, ...)")
-    p.add_argument("--out", default=None, help="output directory (default: RUN/crate-measure or ./crate-*-NAME)")
+    p.add_argument("--out", default=None,
+                   help=f"output directory (default: RUN/{command} for a run, ./{command}-<checkpoint name> for a "
+                        f"file); the results go into a sub-folder named after the options, and a directory holding "
+                        f"another command's results is refused")
 
 
 def add_commands(sub) -> None:
@@ -64,7 +70,7 @@ def add_commands(sub) -> None:
                     "  tractable crate-measure runs/crate-s0 --data fashion_mnist\n"
                     "  tractable crate-measure crate_s.pth --model crate_small --data imagenet --data-dir /data/in1k "
                     "--num 512")
-    _common(m)
+    _common(m, "crate-measure")
     m.add_argument("--data", default=None, help="dataset to measure on (default: the run's dataset)")
     m.add_argument("--split", default="test", help="dataset split (default test)")
     m.add_argument("--num", type=int, default=256, help="number of images (default 256)")
@@ -84,7 +90,7 @@ def add_commands(sub) -> None:
                     "examples:\n"
                     "  tractable crate-attention runs/crate-s0 fashion_mnist:test:0,1,2,3 --pca\n"
                     "  tractable crate-attention crate_s.pth --model crate_small cat.jpg dog.png --image-size 480")
-    _common(a)
+    _common(a, "crate-attention")
     a.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, or dataset items NAME:SPLIT:I,J,... (e.g. cifar10:test:0,1)")
     a.add_argument("--layer", type=int, default=-1, help="0-based layer (default -1: the last)")

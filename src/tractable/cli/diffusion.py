@@ -23,13 +23,26 @@ FID_EXAMPLES = """examples:
 def _cmd_sample(args) -> int:
     from pathlib import Path
 
-    from tractable.experiments.diffusion.commands import load_run, sample, save_grid
+    from tractable.experiments.diffusion.commands import load_run, sample, save_grid, sample_file_name
+    from tractable.train.loop import resolve_device
+    from tractable.train.outputs import check_output_file
 
+    for name, value in (("--n", args.n), ("--steps", args.steps)):  # every check before any work
+        if value < 1:
+            raise ValueError(f"diffusion-sample {name}: must be >= 1, got {value}")
+    resolve_device(args.device, "--device")
+    if args.out:  # a file the user names is never replaced
+        out = check_output_file(args.out, "diffusion-sample", arg="--out", suffixes=(".png",))
+        if out.exists():
+            raise FileExistsError(f"diffusion-sample --out: {out} exists; choose another file name (or leave --out "
+                                  "out: the default name encodes every option)")
     model, diffusion, info, cfg = load_run(args.run, args.step, ema=not args.no_ema, device=args.device)
     images = sample(model, diffusion, info, args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
                     seed=args.seed, guidance=args.guidance, device=args.device)
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / (
-        f"{args.sampler}{args.steps}-step{args.step if args.step is not None else 'last'}-s{args.seed}.png")
+    if not args.out:
+        out = Path(args.run) / "samples" / sample_file_name(
+            sampler=args.sampler, steps=args.steps, step=args.step, seed=args.seed, n=args.n, eta=args.eta,
+            guidance=args.guidance, ema=not args.no_ema)
     print(save_grid(images, info, out))
     return 0
 
@@ -62,7 +75,8 @@ def add_commands(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples/<sampler><steps>-step<k>-s<seed>.png)")
+    s.add_argument("--out", default=None, help="PNG path, must not exist (default RUN_DIR/samples/<name>.png, the "
+                                               "name encoding every option: ddim50-eta0-g1-steplast-s0-n64-ema)")
     s.set_defaults(func=_cmd_sample)
 
     f = sub.add_parser("fid", help="FID over the checkpoints of diffusion runs (JSON, table, plot)", epilog=FID_EXAMPLES,

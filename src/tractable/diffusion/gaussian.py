@@ -185,18 +185,6 @@ class GaussianDiffusion:
             out = u + guidance * (c - u)
         return self.to_x0_eps(x_t, t, out.to(x_t.dtype))
 
-    def ddim_sample(self, model, shape, **kwargs) -> torch.Tensor:
-        """:func:`tractable.diffusion.ddim_sample` with this process."""
-        from tractable.diffusion.sampling import ddim_sample
-
-        return ddim_sample(model, shape, diffusion=self, **kwargs)
-
-    def ddpm_sample(self, model, shape, **kwargs) -> torch.Tensor:
-        """:func:`tractable.diffusion.ddpm_sample` with this process."""
-        from tractable.diffusion.sampling import ddpm_sample
-
-        return ddpm_sample(model, shape, diffusion=self, **kwargs)
-
 
 def _prediction(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if out.shape == x.shape:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -443,17 +442,12 @@ def read_state_dict(source: Union[str, Path, Mapping[str, torch.Tensor]]) -> "Or
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"read_state_dict: no checkpoint file at {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from tractable.models.checkpoint_io import load_safetensors, load_torch_file
 
-            sd = load_file(str(path))
+        if path.suffix == ".safetensors":
+            sd = load_safetensors(path)
         else:
-            try:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise ValueError(f"read_state_dict: {path} cannot be read with torch.load(weights_only=True): it "
-                                 f"holds objects other than tensors and plain containers. If you trust the file, "
-                                 f"load it yourself (weights_only=False) and pass the state dict. ({e})") from None
+            sd = load_torch_file(path)
     else:
         sd = source
     for _ in range(4):

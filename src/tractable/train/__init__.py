@@ -28,6 +28,7 @@ from tractable.train.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    load_run_config,
     save_config,
 )
 from tractable.train.distributed import (
@@ -52,7 +53,7 @@ from tractable.train.metrics_log import MetricsLogger, ProgressBar, read_metrics
 from tractable.train.optim import build_optimizer, build_scheduler, lr_factor
 from tractable.train.report import compare_runs, plot_compare, plot_run, read_summary
 from tractable.train.rng import get_rng_state, mix_seed, seed_everything, set_rng_state, step_generator
-from tractable.train.rules import LearningRule, NormalRule, TrActRule, build_rule, list_rules, register_rule
+from tractable.train.rules import LearningRule, NormalRule, StackedRule, build_rule, list_rules, register_rule
 from tractable.train.run import RunResult, default_run_name, main, prepare_run_dir, train, write_run_config
 from tractable.train.task import Classification, Task, build_task, list_tasks, register_task
 
@@ -70,6 +71,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "load_run_config",
     "save_config",
     # running
     "RunResult",
@@ -85,6 +87,7 @@ __all__ = [
     "Hook",
     "LearningRule",
     "NormalRule",
+    "StackedRule",
     "TrActRule",
     "build_rule",
     "list_rules",
@@ -137,3 +140,12 @@ __all__ = [
     "plot_run",
     "read_summary",
 ]
+
+
+def __getattr__(name):
+    # TrAct's runner rule lives with its family (experiments/tract/rules.py), which imports this package
+    if name == "TrActRule":
+        from tractable.experiments.tract.rules import TrActRule
+
+        return TrActRule
+    raise AttributeError(f"module 'tractable.train' has no attribute {name!r}")

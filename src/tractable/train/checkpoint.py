@@ -23,11 +23,12 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 
+from tractable.models.checkpoint_io import CheckpointFileError, load_safetensors, load_torch_file
 from tractable.train.distributed import unwrap_model
 from tractable.train.rng import get_rng_state, set_rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "load_weights",
-           "WEIGHTS_FILE", "STATE_FILE"]
+           "read_checkpoint", "resume_candidates", "CheckpointFileError", "WEIGHTS_FILE", "STATE_FILE"]
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -93,6 +94,30 @@ def latest_checkpoint(ckpt_dir: Union[str, Path]) -> Optional[Path]:
             return p
     found = list_checkpoints(ckpt_dir)
     return found[-1] if found else None
+
+
+def resume_candidates(ckpt_dir: Union[str, Path]):
+    """Complete checkpoints to resume from, best first: the one named by ``latest``, then the others newest
+    first (so a damaged newest checkpoint falls back to the previous complete one)."""
+    first = latest_checkpoint(ckpt_dir)
+    rest = [p for p in reversed(list_checkpoints(ckpt_dir)) if p != first]
+    return ([first] if first is not None else []) + rest
+
+
+def read_checkpoint(path: Union[str, Path], map_location="cpu"):
+    """``(state, weights)`` of one checkpoint directory, both read in full before anything is restored.
+
+    Raises :class:`CheckpointFileError` (a ``ValueError``) naming the file when ``state.pt`` or
+    ``model.safetensors`` is missing, truncated or damaged.
+    """
+    path = Path(path)
+    state = load_torch_file(path / STATE_FILE, map_location=map_location)
+    if not isinstance(state, dict) or "step" not in state or "rng" not in state:
+        raise CheckpointFileError(f"{path / STATE_FILE}: not the training state of a tractable checkpoint (no "
+                                  "step/rng entries)")
+    weights = load_safetensors(path / WEIGHTS_FILE, device=str(map_location) if isinstance(map_location, str)
+                               else "cpu")
+    return state, weights
 
 
 def save_checkpoint(
@@ -162,8 +187,6 @@ def save_checkpoint(
 
 def load_weights(path: Union[str, Path], model: nn.Module, *, strict: bool = True, device=None) -> nn.Module:
     """Load ``model.safetensors`` (a file, or a checkpoint directory containing it) into ``model``."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
@@ -171,8 +194,17 @@ def load_weights(path: Union[str, Path], model: nn.Module, *, strict: bool = Tru
     if device is None:
         first = next(iter(target.state_dict().values()), None)
         device = first.device if isinstance(first, torch.Tensor) else "cpu"
-    target.load_state_dict(load_file(str(path), device=str(device)), strict=strict)
+    _load_into(target, load_safetensors(path, device=str(device)), strict, path)
     return model
+
+
+def _load_into(target: nn.Module, weights: Dict[str, torch.Tensor], strict: bool, path) -> None:
+    try:
+        target.load_state_dict(weights, strict=strict)
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches: say which file and which model
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:4]) if len(lines) > 1 else lines[0] if lines else ""
+        raise ValueError(f"{path}: does not fit the model {type(target).__name__} ({detail})") from None
 
 
 def load_checkpoint(
@@ -198,9 +230,12 @@ def load_checkpoint(
             raise FileNotFoundError(f"load_checkpoint: no checkpoint in {path} (expected {STATE_FILE} and "
                                     f"{WEIGHTS_FILE}, or a 'latest' pointer to a step_* directory)")
         path = found
-    state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+    state, weights = read_checkpoint(path, map_location=map_location)
     if model is not None:
-        load_weights(path, model)
+        target = unwrap_model(model)
+        first = next(iter(target.state_dict().values()), None)
+        device = first.device if isinstance(first, torch.Tensor) else "cpu"
+        _load_into(target, {k: v.to(device) for k, v in weights.items()}, True, path / WEIGHTS_FILE)
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler"), (ema, "ema")):
         if obj is None:
             continue

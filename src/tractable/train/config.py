@@ -23,6 +23,11 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from tractable.train.rules import STACK_SEPARATOR, check_stack, rule_class, rules_with_option
+from tractable.train.schema import ConfigError, build as _build, coerce as _coerce, join as _join, plain as _plain
+from tractable.train.schema import type_name as _type_name  # noqa: F401  (earlier home of the helper)
+from tractable.train.task import list_tasks
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -36,12 +41,9 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "save_config",
+    "load_run_config",
     "apply_overrides",
 ]
-
-
-class ConfigError(ValueError):
-    """An invalid configuration: unknown key, wrong type, value outside an enumeration, missing key."""
 
 
 @dataclass
@@ -76,29 +78,65 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """Learning rule attached to the model before the optimizer is built (see :mod:`tractable.train.rules`).
+    """Learning rule(s) attached to the model before the optimizer is built (see :mod:`tractable.train.rules`).
 
-    ``name`` selects the rule; every other key of the ``method`` section is one of *that rule's* typed options
-    (its ``Options`` dataclass, listed by ``tractable list rules``), e.g. ``method.name=tract method.l=0.05``.
-    ``options`` holds the validated ``Options`` instance; ``cfg.method.<option>`` reads it. In YAML and in the
-    saved ``config.yaml`` the options sit flat next to ``name``.
+    ``name`` selects one rule, or TrAct stacked with one other rule (``tract+fa``, ``tract+subspace``; see
+    :func:`tractable.train.rules.check_stack` for the pairs that compose). ``rules`` maps each rule of ``name`` to
+    its validated ``Options`` instance (``tractable list rules`` shows them).
+
+    Written in YAML or as overrides, one rule keeps its options flat next to ``name``
+    (``method.name=tract method.l=0.05``; ``method.tract.l=0.05`` is accepted too); a stack puts each rule's
+    options under the rule's name (``method.name=tract+fa method.tract.l=0.1 method.fa.granularity=layer``). The
+    saved ``config.yaml`` uses the same forms and records every option of every rule.
+
+    ``cfg.method.options`` is the single rule's ``Options``; ``cfg.method.<option>`` reads one of them;
+    ``cfg.method.<rule>`` is that rule's ``Options`` (single rule or stack).
     """
 
     name: str = "normal"
-    options: Any = None
+    rules: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.options is None:
-            self.options = _build_method({"name": self.name}, "method").options
+        if not self.rules:
+            self.rules = _build_method({"name": self.name}, "method").rules
 
-    def __getattr__(self, key):  # only reached when normal lookup fails: the rule's options
-        if key.startswith("__") or key == "options":
+    @property
+    def stacked(self) -> bool:
+        """True when ``name`` stacks two rules (``tract+<rule>``)."""
+        return len(self.rules) > 1
+
+    @property
+    def options(self):
+        """The one rule's ``Options`` (a stack has one per rule: ``rules[<rule>]``)."""
+        if self.stacked:
+            raise AttributeError(f"method {self.name!r} stacks several rules: read cfg.method.rules[<rule>] or "
+                                 f"cfg.method.<rule> ({', '.join(self.rules)})")
+        return next(iter(self.rules.values()))
+
+    def __getattr__(self, key):  # only reached when normal lookup fails: a rule's options, or one option
+        if key.startswith("__") or key in ("rules", "options", "name"):
             raise AttributeError(key)
-        options = self.__dict__.get("options")
-        try:
-            return getattr(options, key)
-        except AttributeError:
-            raise AttributeError(f"learning rule {self.__dict__.get('name')!r} has no option {key!r}") from None
+        rules = self.__dict__.get("rules") or {}
+        if key in rules:
+            return rules[key]
+        name = self.__dict__.get("name")
+        if len(rules) == 1:
+            try:
+                return getattr(next(iter(rules.values())), key)
+            except AttributeError:
+                pass
+            raise AttributeError(f"learning rule {name!r} has no option {key!r}")
+        raise AttributeError(f"method {name!r} stacks several rules: read cfg.method.<rule>.{key} "
+                             f"({', '.join(rules)})")
+
+    @classmethod
+    def from_config_value(cls, value, key: str) -> "MethodConfig":
+        return _build_method(value, key)
+
+    def to_plain(self) -> Dict[str, Any]:
+        if not self.stacked:  # the rule's options sit flat next to its name
+            return {"name": self.name, **_plain(self.options)}
+        return {"name": self.name, **{rule: _plain(opts) for rule, opts in self.rules.items()}}
 
 
 @dataclass
@@ -176,181 +214,109 @@ _TOP_LEVEL = ("out_dir", "name", "resume", "task", "task_kwargs")
 _RUN_ALIAS = "run"
 
 
-# -- validation ---------------------------------------------------------------------------------------------
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin is Union:
-        args = typing.get_args(tp)
-        inner = [a for a in args if a is not type(None)]
-        names = " | ".join(_type_name(a) for a in inner)
-        return f"{names} | null" if len(inner) < len(args) else names
-    if origin in (list, List, Sequence):
-        (a,) = typing.get_args(tp) or (Any,)
-        return f"list of {_type_name(a)}"
-    if origin in (tuple, Tuple):
-        return "list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (dict, Dict):
-        return "mapping"
-    if tp is Any:
-        return "any value"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value, tp, key: str):
-    """Check ``value`` against annotation ``tp``; returns the (possibly converted) value or raises ConfigError."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: {value!r} is not accepted; accepted values: {', '.join(map(repr, choices))}")
-    if origin is Union:
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{key}: null is not allowed; expected {_type_name(tp)}")
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(e)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    if origin in (list, List, Sequence):
-        (a,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-        return [_coerce(v, a, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (tuple, Tuple):
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values ({_type_name(tp)}), got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected a bool (true/false), got {value!r} ({type(value).__name__})")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an int, got {value!r} ({type(value).__name__})")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a float, got {value!r} ({type(value).__name__})")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
-    if tp is MethodConfig:
-        return _build_method(value, key)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    raise TypeError(f"config: unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
-
-
-def _build(cls, data, prefix: str):
-    if isinstance(data, cls):
-        data = config_to_dict(data)
-    where = prefix or "the top level"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r} ({type(data).__name__})")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise ConfigError(
-            f"unknown key {_join(prefix, unknown[0])!r} in {where}; valid keys: {', '.join(fields)}"
-        )
-    kwargs = {}
-    for name, f in fields.items():
-        key = _join(prefix, name)
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            if hints[name] is MethodConfig:
-                kwargs[name] = _build_method({}, key)
-            elif dataclasses.is_dataclass(hints[name]):
-                kwargs[name] = _build(hints[name], {}, key)  # reports the section's missing keys
-            else:
-                raise ConfigError(f"missing required key {key!r}")
-    return cls(**kwargs)
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 #: keys every ``method`` section carried before options belonged to their rule, with their old defaults: a
 #: config written then (e.g. a run directory's config.yaml with ``name: normal, l: 0.1, exact: false``) still
 #: loads when a key the rule does not know holds its old default
 _LEGACY_METHOD_DEFAULTS = {"l": 0.1, "exact": False, "layer": None, "kwargs": {}}
 
 
-def _build_method(data, prefix: str = "method") -> MethodConfig:
-    """The ``method`` section: ``name`` picks the rule, the other keys are validated against its ``Options``."""
-    from tractable.train.rules import rule_class, rules_with_option
+def _build_method(data, prefix: str = "method", *, legacy: bool = False) -> MethodConfig:
+    """The ``method`` section: ``name`` picks the rule(s), the other keys are validated against their ``Options``.
 
+    ``legacy``: the section comes from a saved ``config.yaml`` written before options belonged to their rule; a
+    key of :data:`_LEGACY_METHOD_DEFAULTS` holding its old default is then dropped. Anywhere else (command line,
+    a user's YAML) every key the chosen rule does not have is an error, whatever its value.
+    """
     if isinstance(data, MethodConfig):
-        data = config_to_dict(data)
+        data = data.to_plain()
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a mapping (name and the rule's options), got {data!r} "
                           f"({type(data).__name__})")
     name = _coerce(data.get("name", "normal"), str, _join(prefix, "name"))
+    parts = name.split(STACK_SEPARATOR)
     try:
-        cls = rule_class(name)
+        classes = {part: rule_class(part) for part in parts}
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    option_fields = [f.name for f in dataclasses.fields(cls.Options)]
-    rest = {}
+    reason = check_stack(parts)
+    if reason is not None:
+        raise ConfigError(f"{_join(prefix, 'name')}: {name!r} cannot be stacked: {reason}")
+    given: Dict[str, Dict[str, Any]] = {part: {} for part in parts}
     for k, v in data.items():
         if k == "name":
             continue
-        if k not in option_fields:
-            if k in _LEGACY_METHOD_DEFAULTS and _LEGACY_METHOD_DEFAULTS[k] == v:
-                continue
-            owners = [r for r in rules_with_option(k) if r != name]
-            hint = f" ({k!r} is an option of {', '.join(map(repr, owners))})" if owners else ""
-            valid = ", ".join(["name", *option_fields])
-            raise ConfigError(f"unknown key {_join(prefix, k)!r} for learning rule {name!r}{hint}; valid keys: "
-                              f"{valid}")
-        rest[k] = v
-    options = _build(cls.Options, rest, prefix)
-    validate = getattr(options, "validate", None)
-    if validate is not None:
-        try:
-            validate()
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    return MethodConfig(name=name, options=options)
+        if k in classes and (len(parts) > 1 or isinstance(v, dict)):  # method.<rule>.<option>
+            if not isinstance(v, dict):
+                raise ConfigError(f"{_join(prefix, k)}: expected the options of rule {k!r} as a mapping "
+                                  f"(e.g. {_join(prefix, k)}.<option>=...), got {v!r}")
+            for opt, value in v.items():
+                if opt in given[k] and given[k][opt] != value:
+                    raise ConfigError(f"{_join(prefix, k + '.' + opt)}: given twice with different values "
+                                      f"({given[k][opt]!r} and {value!r})")
+                given[k][opt] = value
+            continue
+        if len(parts) == 1:
+            rule = parts[0]
+            fields = [f.name for f in dataclasses.fields(classes[rule].Options)]
+            if k not in fields:
+                if legacy and k in _LEGACY_METHOD_DEFAULTS and _LEGACY_METHOD_DEFAULTS[k] == v:
+                    continue
+                raise ConfigError(_unknown_option(prefix, k, rule, fields))
+            if k in given[rule] and given[rule][k] != v:
+                raise ConfigError(f"{_join(prefix, k)}: given twice with different values ({given[rule][k]!r} "
+                                  f"and {v!r})")
+            given[rule][k] = v
+            continue
+        owners = [p for p in parts if k in {f.name for f in dataclasses.fields(classes[p].Options)}]
+        if owners:
+            raise ConfigError(f"unknown key {_join(prefix, k)!r} for stacked rules {name!r}: in a stack each "
+                              f"rule's options go under its name, e.g. {_join(prefix, owners[0] + '.' + k)}")
+        if k in _all_rule_names():
+            raise ConfigError(f"unknown key {_join(prefix, k)!r}: rule {k!r} is not part of method.name={name!r}")
+        raise ConfigError(f"unknown key {_join(prefix, k)!r} for stacked rules {name!r}; valid keys: name, "
+                          f"{', '.join(parts)}")
+    rules = {}
+    for part in parts:
+        sub = prefix if len(parts) == 1 else _join(prefix, part)
+        fields = [f.name for f in dataclasses.fields(classes[part].Options)]
+        for k in given[part]:
+            if k not in fields:
+                raise ConfigError(_unknown_option(sub, k, part, fields))
+        options = _build(classes[part].Options, given[part], sub)
+        validate = getattr(options, "validate", None)
+        if validate is not None:
+            try:
+                validate()
+            except ConfigError:
+                raise
+            except ValueError as e:
+                msg = str(e)
+                if sub != prefix and msg.startswith(prefix + "."):  # method.l: ... -> method.tract.l: ...
+                    msg = sub + msg[len(prefix):]
+                raise ConfigError(msg) from None
+        rules[part] = options
+    return MethodConfig(name=name, rules=rules)
+
+
+def _all_rule_names() -> List[str]:
+    from tractable.train.rules import list_rules
+
+    return list_rules()
+
+
+def _unknown_option(prefix: str, key: str, rule: str, fields: List[str]) -> str:
+    if key in _all_rule_names():
+        return (f"unknown key {_join(prefix, key)!r} for learning rule {rule!r}: {key!r} is a rule of its own; "
+                f"to stack it write method.name=tract+{key}" if rule == "tract" else
+                f"unknown key {_join(prefix, key)!r} for learning rule {rule!r}: {key!r} is a rule of its own, "
+                f"not an option of {rule!r}")
+    owners = [r for r in rules_with_option(key) if r != rule]
+    hint = f" ({key!r} is an option of {', '.join(map(repr, owners))})" if owners else ""
+    return (f"unknown key {_join(prefix, key)!r} for learning rule {rule!r}{hint}; valid keys: "
+            f"{', '.join(['name', *fields]) if prefix.count('.') == 0 else ', '.join(fields)}")
 
 
 def _check_semantics(cfg: RunConfig) -> None:
-    from tractable.train.task import list_tasks
-
     if cfg.task not in list_tasks():
         raise ConfigError(f"task: {cfg.task!r} is not a registered task; accepted values: "
                           f"{', '.join(map(repr, list_tasks()))}")
@@ -408,13 +374,45 @@ def _fold_run_alias(data: dict) -> dict:
     return data
 
 
+def _rule_options(method: dict, rule: str, parts: List[str]) -> dict:
+    """The options a ``method`` mapping gives ``rule`` (flat keys for a single rule, ``method.<rule>`` for all)."""
+    out = {}
+    if len(parts) == 1:
+        out.update({k: v for k, v in method.items() if k != "name" and k != rule})
+    nested = method.get(rule)
+    if isinstance(nested, dict):
+        out.update(nested)
+    return out
+
+
+def _carry_options(method, name) -> dict:
+    """A fresh ``method`` section for rule(s) ``name``, keeping the options of rules that were already there."""
+    new: Dict[str, Any] = {"name": name}
+    if not isinstance(method, dict) or not isinstance(name, str):
+        return new
+    old = str(method.get("name", "normal")).split(STACK_SEPARATOR)
+    parts = name.split(STACK_SEPARATOR)
+    for rule in parts:
+        if rule not in old:
+            continue
+        opts = _rule_options(method, rule, old)
+        if not opts:
+            continue
+        if len(parts) == 1:
+            new.update(opts)
+        else:
+            new[rule] = opts
+    return new
+
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Apply ``a.b=value`` strings to a nested dict (returns a new dict; values parsed as YAML).
 
     A ``method.name=...`` override that changes the learning rule is applied first and starts the ``method``
     section afresh: the options of a file's or preset's rule belong to that rule (``--preset
-    open_tract_cifar100_resnet method.name=normal`` drops its ``l: 0.05``); the other ``method.*`` overrides are
-    then applied on top, in any order.
+    open_tract_cifar100_resnet method.name=normal`` drops its ``l: 0.05``), except that a rule kept in the new
+    name keeps its options (``method.name=tract+subspace`` on that preset keeps λ = 0.05, now under
+    ``method.tract``); the other ``method.*`` overrides are then applied on top, in any order.
     """
     data = copy.deepcopy(data)
     overrides = list(overrides)
@@ -425,7 +423,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
             name = _parse_value(text)
             old = method.get("name", "normal") if isinstance(method, dict) else None
             if old != name:
-                data["method"] = {"name": name}
+                data["method"] = _carry_options(method, name)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.1")
@@ -446,13 +444,20 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
-def config_from_dict(data: dict) -> RunConfig:
-    """Validate a nested dict (as read from YAML) into a :class:`RunConfig`."""
+def config_from_dict(data: dict, *, saved: bool = False) -> RunConfig:
+    """Validate a nested dict (as read from YAML) into a :class:`RunConfig`.
+
+    ``saved``: ``data`` is a run directory's ``config.yaml``, possibly written by an earlier version of tractable
+    (see :func:`load_run_config`); only then are the old ``method`` keys that held their old defaults dropped.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
-    cfg = _build(RunConfig, _fold_run_alias(data), "")
+    data = _fold_run_alias(data)
+    if saved and "method" in data:
+        data = {**data, "method": _build_method(data["method"], "method", legacy=True)}
+    cfg = _build(RunConfig, data, "")
     _check_semantics(cfg)
     return cfg
 
@@ -474,21 +479,32 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
     return config_from_dict(data)
 
 
-def _plain(v):
-    if isinstance(v, MethodConfig):  # the rule's options sit flat next to its name
-        return {"name": v.name, **_plain(v.options)}
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
 def config_to_dict(cfg) -> dict:
     """Plain nested dict (tuples as lists) of a config dataclass; round-trips through :func:`config_from_dict`."""
     return _plain(cfg)
+
+
+def load_run_config(run_dir: Union[str, Path]) -> RunConfig:
+    """The validated config of a run directory (``run_dir/config.yaml``, as :func:`save_config` wrote it).
+
+    Raises ``FileNotFoundError`` naming the directory when it holds no ``config.yaml`` (not a run of ``tractable
+    train``) and :class:`ConfigError` naming the file when the file is not a valid config.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        what = "does not exist" if not run_dir.exists() else (
+            "is not a directory" if not run_dir.is_dir() else "has no config.yaml")
+        raise FileNotFoundError(f"{run_dir} is not a run directory of `tractable train` ({what})")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable YAML file ({type(e).__name__})") from None
+    try:
+        return config_from_dict(data, saved=True)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:

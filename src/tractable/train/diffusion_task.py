@@ -76,9 +76,9 @@ class DiffusionTask(Task):
 
     @classmethod
     def options_from_dict(cls, data) -> "DiffusionTask.Options":
-        from tractable.train.config import ConfigError, _build
+        from tractable.train.schema import ConfigError, build
 
-        opts = _build(cls.Options, dict(data or {}), "task_kwargs")
+        opts = build(cls.Options, dict(data or {}), "task_kwargs")
         try:
             opts.validate()
         except ValueError as e:

@@ -37,7 +37,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from tractable.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tractable.train.checkpoint import (CheckpointFileError, load_checkpoint, read_checkpoint, resume_candidates,
+                                       save_checkpoint)
 from tractable.train.distributed import (
     barrier,
     broadcast_buffers,
@@ -60,8 +61,11 @@ __all__ = ["Trainer", "resolve_device", "split_batch"]
 SUMMARY_FILE = "summary.json"
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` → ``cuda:<local rank>`` when CUDA is available, else ``cpu``; otherwise ``torch.device(spec)``."""
+def resolve_device(spec: str, key: str = "train.device") -> torch.device:
+    """``auto`` → ``cuda:<local rank>`` when CUDA is available, else ``cpu``; otherwise ``torch.device(spec)``.
+
+    A device that does not exist here (CUDA without CUDA, ``cuda:3`` on a 2-GPU machine, MPS off a Mac) is a
+    one-line ``ValueError`` naming ``key`` (the config key or command-line flag)."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank())
@@ -69,13 +73,21 @@ def resolve_device(spec: str) -> torch.device:
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"train.device: {spec!r} is not a device; accepted values: 'auto', 'cpu', 'cuda', "
+        raise ValueError(f"{key}: {spec!r} is not a device; accepted values: 'auto', 'cpu', 'cuda', "
                          "'cuda:N', 'mps'") from e
+    sep = "=" if "." in key else " "
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={spec!r} but CUDA is not available; use train.device=cpu or auto")
+            raise ValueError(f"{key}{sep}{spec} but CUDA is not available here; use {key}{sep}cpu (or auto)")
         if dev.index is None:
             dev = torch.device("cuda", local_rank())
+        elif dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{key}{sep}{spec}: no such CUDA device ({torch.cuda.device_count()} available)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{key}{sep}{spec} but MPS is not available here; use {key}{sep}cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{key}: {spec!r} is not supported; accepted values: 'auto', 'cpu', 'cuda', 'cuda:N', "
+                         "'mps'")
     return dev
 
 
@@ -222,13 +234,26 @@ class Trainer:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def _resume(self) -> bool:
-        ckpt = latest_checkpoint(self.ckpt_dir)
-        if ckpt is None:
+        candidates = resume_candidates(self.ckpt_dir)
+        if not candidates:
             if self.is_main:
                 warnings.warn(f"resume=true but {self.ckpt_dir} has no checkpoint; starting from scratch",
                               stacklevel=3)
                 self.logger.truncate_to(0)
             return False
+        damaged = []
+        for ckpt in candidates:  # the newest complete one; a damaged one falls back to the one before
+            try:
+                read_checkpoint(ckpt)
+            except CheckpointFileError as e:
+                damaged.append(str(e))
+                continue
+            break
+        else:
+            raise ValueError(f"resume: no readable checkpoint in {self.ckpt_dir}: " + "; ".join(damaged))
+        if damaged and self.is_main:
+            warnings.warn(f"resume: {'; '.join(damaged)}; resuming from the previous complete checkpoint {ckpt.name} "
+                          "instead", stacklevel=3)
         state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler, ema=self.ema, restore_rng=True)
         extra = state["extra"]

@@ -2,7 +2,9 @@
 
 The run directory is ``out_dir/name``. A run never overwrites: if the directory exists and is not empty and
 ``resume`` is false, :func:`train` raises before touching anything. With ``resume=true`` it continues from the
-latest checkpoint in ``out_dir/name/checkpoints`` (or starts fresh if there is none yet). Without ``name`` the
+latest checkpoint in ``out_dir/name/checkpoints`` (or starts fresh if the run has none yet; a run directory that
+does not exist is an error); when the newest checkpoint is damaged (a truncated file) it falls back, with a
+warning, to the previous complete one. Without ``name`` the
 directory is ``{model}-{method}-{data}-s{seed}-{YYYYmmdd-HHMMSS}`` (a ``-2``, ``-3``… suffix if taken).
 
 Under ``torchrun`` every rank calls :func:`train`; rank 0 chooses and checks the directory and writes files.
@@ -78,7 +80,7 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     with open(path) as f:
         saved = yaml.safe_load(f) or {}
     try:  # normalised, so that a config written by an earlier version compares by meaning
-        saved = config_to_dict(config_from_dict(saved))
+        saved = config_to_dict(config_from_dict(saved, saved=True))
     except (ConfigError, ValueError):
         pass
     old = _flat(saved)
@@ -133,6 +135,12 @@ def _choose(cfg: RunConfig) -> Path:
         run_dir = out_dir / cfg.name
         if run_dir.exists() and not run_dir.is_dir():
             raise FileExistsError(f"{run_dir} exists and is not a directory")
+        if not run_dir.exists():
+            raise ConfigError(f"resume=true: {run_dir} does not exist, so there is nothing to resume; check out_dir "
+                              "and name, or drop resume=true to start a new run")
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(f"resume=true: {run_dir} is not a run directory of `tractable train` (no {CONFIG_FILE})"
+                              "; check out_dir and name")
         _check_resume_config(run_dir, cfg)
     elif cfg.name is not None:
         run_dir = out_dir / cfg.name

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from tractable.train.distributed import all_reduce_sum
 from tractable.train.registry import ClassRegistry
+from tractable.train.schema import ConfigError
 
 __all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks", "TASK_MODULES"]
 
@@ -43,8 +44,6 @@ def build_task(cfg) -> "Task":
     """The task named ``cfg.task``, built from the whole :class:`~tractable.train.config.RunConfig`."""
     cls = _TASKS.get(cfg.task)
     if getattr(cfg, "task_kwargs", None) and not hasattr(cls, "Options"):
-        from tractable.train.config import ConfigError
-
         raise ConfigError(f"task_kwargs: task {cfg.task!r} takes no options, got {', '.join(sorted(cfg.task_kwargs))}")
     return cls.from_config(cfg)
 

@@ -46,7 +46,12 @@ def _resolve_source(source) -> Tuple[Path, Optional[dict]]:
         if cfg_file.is_file():
             import yaml
 
-            cfg = yaml.safe_load(cfg_file.read_text())
+            try:
+                cfg = yaml.safe_load(cfg_file.read_text())
+            except yaml.YAMLError:
+                raise ValueError(f"{cfg_file}: not a readable YAML file") from None
+            if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+                raise ValueError(f"{cfg_file}: not the config.yaml of a training run (no model section)")
             ckpt = latest_checkpoint(path / "checkpoints")
             if ckpt is None:
                 raise FileNotFoundError(f"{path} is a run directory without checkpoints (checkpoints/latest)")
@@ -81,8 +86,12 @@ def load_crate_model(source, model: Optional[str] = None, model_kwargs: Optional
         raise ValueError(f"{ckpt} does not hold a CRATE classifier (no to_patch_embedding.2 / mlp_head.1 keys; "
                          f"first keys: {', '.join(list(sd)[:5])})")
     P = int(kwargs.get("patch_size", defaults.get("patch_size") or 16))
-    shape = {"num_classes": int(sd["mlp_head.1.weight"].shape[0]),
-             "in_channels": int(sd["to_patch_embedding.2.weight"].shape[1]) // (P * P)}
+    fan_in = int(sd["to_patch_embedding.2.weight"].shape[1])
+    if fan_in % (P * P) or fan_in < P * P:
+        raise ValueError(f"{ckpt}: its patch embedding takes {fan_in} values per patch, which no number of channels "
+                         f"gives with model {name!r}'s patch size {P}; the checkpoint holds another CRATE — give "
+                         "its --model (or --model-kwargs '{\"patch_size\": ...}')")
+    shape = {"num_classes": int(sd["mlp_head.1.weight"].shape[0]), "in_channels": fan_in // (P * P)}
     n = int(sd["pos_embedding"].shape[1]) - 1
     side = math.isqrt(n)
     if "image_size" not in kwargs and side * side == n:
@@ -92,6 +101,12 @@ def load_crate_model(source, model: Optional[str] = None, model_kwargs: Optional
     net = create_model(name, **kwargs)
     if not isinstance(net, CRATE):
         raise ValueError(f"model {name!r} is a {type(net).__name__}, not a CRATE classifier")
+    own = net.state_dict()
+    wrong = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in sd.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"{ckpt} does not fit model {name!r} ({'; '.join(wrong[:2])}); the checkpoint holds another "
+                         "CRATE — give its --model")
     load_crate_checkpoint(net, sd)
     data = (cfg or {}).get("data") or {}
     meta = {"source": str(source), "checkpoint": str(ckpt), "model": name, "model_kwargs": kwargs,
@@ -128,7 +143,15 @@ def _load_file_image(path: Path, size: Tuple[int, int], channels: int, mean, std
         raise ImportError("reading image files needs Pillow: pip install pillow") from e
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
-    img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.LANCZOS)
+    from PIL import UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not an image file Pillow can read (expected PNG, JPEG, …; {type(e).__name__})") \
+            from None
+    img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.LANCZOS)
     x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float().div(255)
     x = x.view(size[0], size[1], channels).permute(2, 0, 1)
     m = torch.tensor(mean).view(-1, 1, 1)
@@ -202,14 +225,20 @@ def run_measure(source, data: Optional[str] = None, *, model: Optional[str] = No
                 eps: Optional[float] = None, out: Optional[str] = None, root=None, plot: bool = True,
                 echo=print) -> dict:
     """Layer-wise R^c and sparsity of a CRATE on ``num`` images of ``data``; writes JSON/Markdown/PNG to ``out``."""
+    from tractable.train.outputs import check_output_dir, claim_output_dir, option_slug
     from tractable.whitebox import measure_layers
 
+    if batch_size < 1 or num < 1:  # every check before any work
+        raise ValueError(f"crate-measure: --num and --batch-size must be >= 1, got {num}, {batch_size}")
+    if eps is not None and not eps > 0:
+        raise ValueError(f"crate-measure --eps: must be > 0, got {eps}")
+    base = Path(out) if out else (Path(source) / "crate-measure" if Path(source).is_dir()
+                                  else Path(f"crate-measure-{Path(source).stem}"))
+    check_output_dir(base, "crate-measure")
     net, meta = load_crate_model(source, model, model_kwargs)
     data = data or meta.get("data")
     if not data:
         raise ValueError("crate-measure: say which images to measure on with --data NAME (e.g. --data cifar10)")
-    if batch_size < 1 or num < 1:
-        raise ValueError(f"crate-measure: --num and --batch-size must be >= 1, got {num}, {batch_size}")
     same = data == meta.get("data")
     x, _, _ = dataset_images(data, split, num=num, root=root or meta.get("data_root"),
                              mean=meta.get("mean") if same else None, std=meta.get("std") if same else None,
@@ -217,11 +246,14 @@ def run_measure(source, data: Optional[str] = None, *, model: Optional[str] = No
     if tuple(x.shape[-2:]) != net.image_size:
         x = torch.nn.functional.interpolate(x, size=net.image_size, mode="bicubic", align_corners=False)
     stats = [s.to_dict() for s in measure_layers(net, x.split(batch_size), mode=mode, eps=eps)]
-    out_dir = Path(out) if out else (Path(source) / "crate-measure" if Path(source).is_dir()
-                                     else Path(f"crate-measure-{Path(source).stem}"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    eps = eps if eps is not None else (0.01 if mode == "official" else 0.1)
+    # one sub-folder per set of options that change the numbers: a re-run with another option adds one
+    slug = option_slug({"": data, "split": split, "n": int(x.shape[0]), "mode": mode, "eps": eps,
+                        "model": meta["model"] if model else None})
+    out_dir = claim_output_dir(base, "crate-measure") / slug
+    out_dir.mkdir(exist_ok=True)
     result = {**meta, "dataset": data, "split": split, "images": int(x.shape[0]), "mode": mode,
-              "eps": eps if eps is not None else (0.01 if mode == "official" else 0.1), "layers": stats}
+              "eps": eps, "layers": stats}
     (out_dir / "measure.json").write_text(json.dumps(result, indent=2, default=str))
     table = measure_table(stats)
     (out_dir / "measure.md").write_text(f"{meta['model']} on {x.shape[0]} {data} {split} images, R^c mode "
@@ -301,8 +333,16 @@ def run_attention(source, images: Sequence[str], *, model: Optional[str] = None,
     """Attention maps of ``images`` (files or ``NAME:SPLIT:I,J``) under a CRATE; writes ``attention.png/.json``."""
     from tractable.whitebox import cls_attention_maps, mass_threshold, pca_maps
 
+    from tractable.train.outputs import check_output_dir, claim_output_dir, option_slug
+
     if not images:
         raise ValueError("crate-attention: give at least one image (a file or NAME:SPLIT:I,J,…)")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise ValueError(f"crate-attention --threshold: the fraction of attention mass to keep must be in (0, 1] "
+                         f"(0 on the command line: off), got {threshold}")
+    base = Path(out) if out else (Path(source) / "crate-attention" if Path(source).is_dir()
+                                  else Path(f"crate-attention-{Path(source).stem}"))
+    check_output_dir(base, "crate-attention")
     net, meta = load_crate_model(source, model, model_kwargs)
     if image_size is not None:
         image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -318,9 +358,13 @@ def run_attention(source, images: Sequence[str], *, model: Optional[str] = None,
         grid = (x.shape[-2] // net.patch_size, x.shape[-1] // net.patch_size)
         idx = layer + net.depth if layer < 0 else layer
         pcs = pca_maps(f["qkv"][idx][:, 1:], grid, n_components=min(4, x.shape[0] * grid[0] * grid[1], net.dim))
-    out_dir = Path(out) if out else (Path(source) / "crate-attention" if Path(source).is_dir()
-                                     else Path(f"crate-attention-{Path(source).stem}"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # one sub-folder per set of options that change the picture (the image list as a short hash)
+    slug = option_slug({"layer": layer, "thr": threshold if threshold else "off", "pca": pca,
+                        "size": image_size[0] if image_size else None, "model": meta["model"] if model else None,
+                        "images": list(images), "norm": [mean, std] if (mean or std) else None},
+                       hashed=("images", "norm"))
+    out_dir = claim_output_dir(base, "crate-attention") / slug
+    out_dir.mkdir(exist_ok=True)
     summary = {**meta, "layer": layer, "images": labels, "grid": list(maps.shape[-2:]), "heads": int(maps.shape[1]),
                "threshold": threshold}
     if threshold:

@@ -26,7 +26,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import yaml
 
 from tractable.diffusion import (
     ClassifierFeatures,
@@ -38,19 +37,16 @@ from tractable.diffusion import (
 )
 from tractable.train.report import new_figure, save_figure
 
-__all__ = ["load_run", "sample", "save_grid", "pixel_clip", "dataset_images", "train_fid_classifier",
+__all__ = ["load_run", "sample", "save_grid", "sample_file_name", "pixel_clip", "dataset_images", "train_fid_classifier",
            "fid_over_checkpoints", "plot_fid", "checkpoint_steps"]
 
 
 def _cfg(run_dir: Path):
-    from tractable.train.config import config_from_dict
+    from tractable.train.config import load_run_config
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load(path.read_text()))
+    cfg = load_run_config(run_dir)
     if cfg.task != "diffusion":
-        raise ValueError(f"{run_dir}: task is {cfg.task!r}, not 'diffusion'")
+        raise ValueError(f"{run_dir}: a run of task {cfg.task!r}, not a diffusion run (task=diffusion)")
     return cfg
 
 
@@ -90,7 +86,9 @@ def load_run(run_dir: Union[str, Path], checkpoint: Union[None, int, str, Path] 
     kw = model_shape_kwargs(info, model_defaults(cfg.model.name))
     kw.update(dict(cfg.model.kwargs))
     model = create_model(cfg.model.name, **kw)
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    from tractable.models.checkpoint_io import load_torch_file
+
+    state = load_torch_file(ckpt / "state.pt")
     if ema and state.get("ema") is not None:
         model.load_state_dict(state["ema"]["module"])
     else:
@@ -140,6 +138,17 @@ def sample(model, diffusion, info, n: int, *, steps: int = 50, sampler: str = "d
                             guidance=guidance, clip=clip, device=device)
         out.append(x.float().cpu())
     return torch.cat(out)
+
+
+def sample_file_name(*, sampler: str, steps: int, step: Optional[int], seed: int, n: int, eta: float,
+                     guidance: float, ema: bool) -> str:
+    """``diffusion-sample``'s default file name: every option that changes the images is in it
+    (``ddim50-eta0-g1-step240-s0-n64-ema.png``), so a re-run with another option never replaces a grid."""
+    from tractable.train.outputs import option_slug
+
+    head = option_slug({sampler: steps, "eta": eta if sampler == "ddim" else None, "g": guidance,
+                        "step": "last" if step is None else step, "s": seed, "n": n})
+    return f"{head}-{'ema' if ema else 'raw'}.png"
 
 
 def save_grid(images: torch.Tensor, info, path: Union[str, Path], nrow: Optional[int] = None) -> Path:
@@ -237,6 +246,23 @@ def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Uni
     return model
 
 
+def _earlier_fid(out: Path, options: Dict[str, object]) -> Dict[str, object]:
+    """The runs of an earlier ``fid.json`` in ``out`` (kept in the new one); an error when it was computed with
+    other options (its numbers would not be comparable)."""
+    path = out / "fid.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise FileExistsError(f"fid --out: {path} exists and is not readable JSON; choose another --out") from None
+    diff = [f"{k}={old.get(k)!r}" for k in options if old.get(k) != options[k]]
+    if diff:
+        raise FileExistsError(f"fid --out: {path} holds FIDs computed with {', '.join(diff)}; they are not "
+                              "comparable with this run's — choose another --out")
+    return dict(old.get("runs") or {})
+
+
 def _label(cfg) -> str:
     return f"{cfg.model.name} {cfg.method.name}"
 
@@ -254,6 +280,22 @@ def fid_over_checkpoints(run_dirs: Sequence[Union[str, Path]], *, n: int = 1000,
         raise ValueError(f"features: must be 'classifier' or 'inception', got {features!r}")
     if not run_dirs:
         raise ValueError("fid: give at least one run directory")
+    for name, value in (("--n", n), ("--steps", steps), ("--every", every)):  # every check before any work
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"fid {name}: must be an integer >= 1, got {value!r}")
+    if n < 2:
+        raise ValueError(f"fid --n: a Fréchet distance needs at least 2 samples, got {n}")
+    for run_dir in map(Path, run_dirs):
+        _cfg(run_dir)
+        if not checkpoint_steps(run_dir):
+            raise FileNotFoundError(f"fid: {run_dir} has no checkpoint yet")
+    if out is not None:
+        from tractable.train.outputs import check_output_dir, claim_output_dir
+
+        check_output_dir(out, "fid", own=("fid.json",))
+        options = {"features": features, "n": n, "steps": steps, "sampler": sampler, "ema": ema, "seed": seed}
+        earlier = _earlier_fid(Path(out), options)
+        out = claim_output_dir(out, "fid", own=("fid.json",))
     results: Dict[str, object] = {"features": features, "n": n, "steps": steps, "sampler": sampler, "ema": ema,
                                   "seed": seed, "runs": {}}
     refs: Dict[str, object] = {}
@@ -287,8 +329,7 @@ def fid_over_checkpoints(run_dirs: Sequence[Union[str, Path]], *, n: int = 1000,
             echo(f"{run_dir.name} step {step}: FID {fid:.4g} ({time.perf_counter() - t0:.1f} s)")
         results["runs"][str(run_dir)] = entry
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        results["runs"] = {**earlier, **results["runs"]}  # a re-run with fewer runs never shrinks fid.json
         (out / "fid.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "fid.md").write_text(fid_table(results))
         try:

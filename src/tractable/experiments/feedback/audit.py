@@ -451,9 +451,11 @@ def _options_of(model: nn.Module) -> Optional[Dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------- driver
 def run_audit(cfg: AuditConfig, echo: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run (or finish) the audit in ``cfg.out`` and write its summary; returns the summary dict."""
+    from tractable.train.outputs import check_output_dir, claim_output_dir
+
+    check_output_dir(cfg.out, "fa-audit", own=("audit.json",))  # never into another command's results
     runs, skipped = plan(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(cfg.out, "fa-audit", own=("audit.json",))
     _check_out(cfg, out)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
@@ -467,9 +469,38 @@ def run_audit(cfg: AuditConfig, echo: Callable[[str], None] = print) -> Dict[str
         if spec in todo:
             echo(f"[{todo.index(spec) + 1}/{len(todo)}] {spec.id}")
         results.append(run_one(cfg, spec, runs_dir, train_data, test_data, echo=echo))
-    summary = summarize(cfg, results, skipped, out)
+    cfg_all, results = _with_earlier_results(cfg, results, runs_dir)
+    summary = summarize(cfg_all, results, skipped, out)
     echo(f"fa-audit: summary in {out / 'summary.md'}")
     return summary
+
+
+def _with_earlier_results(cfg: AuditConfig, results: List[Dict[str, Any]], runs_dir: Path):
+    """A narrower re-run (fewer methods, archs or seeds) in an existing audit directory keeps the finished runs of
+    the earlier ones in the summary: the summary never shrinks. All runs there share the result-changing settings
+    (:func:`_check_out`)."""
+    have = {r["id"] for r in results}
+    for path in sorted(runs_dir.glob("*/result.json")):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(r, dict) and r.get("id") not in have and {"kind", "arch", "method", "seed"} <= set(r):
+            results.append(r)
+            have.add(r["id"])
+
+    def union(old, key):
+        extra = [v for v in dict.fromkeys(r[key] for r in results) if v is not None and v not in old]
+        return [*old, *extra]
+
+    lambdas = union(list(cfg.penalty_lambdas), "lam") if cfg.penalty or any(r["kind"] == "penalty" for r in results) \
+        else list(cfg.penalty_lambdas)
+    wider = dataclasses.replace(
+        cfg, archs=union(list(cfg.archs), "arch"), methods=union(list(cfg.methods), "method"),
+        seeds=union(list(cfg.seeds), "seed"), penalty_lambdas=lambdas,
+        baselines=cfg.baselines or any(r["kind"] not in ("method", "penalty") for r in results),
+        penalty=cfg.penalty or any(r["kind"] == "penalty" for r in results))
+    return wider, results
 
 
 def _check_out(cfg: AuditConfig, out: Path) -> None:

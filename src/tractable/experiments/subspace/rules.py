@@ -74,6 +74,10 @@ def _test_ece(trainer, model) -> float:
 class SubspaceRule(LearningRule):
     """Neural-network subspace (Wortsman et al. 2021): a line, curve or simplex of the model trained in one run."""
 
+    #: ``tract+subspace``: TrAct goes on the converted model's first layer, whose weight is the mixed point
+    #: W(α) = Σ cᵢ(α) Wᵢ, so every stored point gets cᵢ(α) · (TrAct's gradient of W)
+    tract_after = True
+
     @dataclass
     class Options:
         kind: Literal["line", "curve", "simplex"] = "line"
