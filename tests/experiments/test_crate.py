@@ -21,6 +21,12 @@ DATA = {"name": "synthetic", "kwargs": {"shape": [3, 8, 8], "num_classes": 4, "n
         "subset": 96, "test_subset": 32, "batch_size": 32}
 
 
+def _only(out):
+    """The one result sub-folder (named after the options) of a crate-measure/crate-attention output directory."""
+    (sub,) = [p for p in out.iterdir() if p.is_dir()]
+    return sub
+
+
 def crate_dict(tmp_path, name, **sections):
     data = {**DATA, **sections.pop("data", {})}
     d = tiny_dict(tmp_path, name, model=CRATE_MODEL, **sections)
@@ -85,19 +91,19 @@ def trained_run(tmp_path_factory):
 def test_crate_measure_command_writes_json_table_and_plot(trained_run, tmp_path, capsys):
     out = tmp_path / "m"
     assert cli_main(["crate-measure", str(trained_run), "--num", "16", "--batch-size", "8", "--out", str(out)]) == 0
-    result = json.loads((out / "measure.json").read_text())
+    result = json.loads((_only(out) / "measure.json").read_text())
     assert result["dataset"] == "synthetic" and result["images"] == 16 and len(result["layers"]) == 2
     layer = result["layers"][0]
     assert layer["rc_mean"] > 0 and 0 <= layer["nonzero_mean"] <= 1
-    assert (out / "measure.png").stat().st_size > 0 and "| layer |" in (out / "measure.md").read_text()
+    assert (_only(out) / "measure.png").stat().st_size > 0 and "| layer |" in (_only(out) / "measure.md").read_text()
 
 
 def test_crate_attention_command_writes_a_png_grid(trained_run, tmp_path):
     out = tmp_path / "a"
     assert cli_main(["crate-attention", str(trained_run), "synthetic:test:0,1,2", "--pca", "--out", str(out)]) == 0
-    summary = json.loads((out / "attention.json").read_text())
+    summary = json.loads((_only(out) / "attention.json").read_text())
     assert summary["grid"] == [2, 2] and summary["heads"] == 3 and len(summary["images"]) == 3
-    assert (out / "attention.png").stat().st_size > 0
+    assert (_only(out) / "attention.png").stat().st_size > 0
 
 
 def test_commands_read_an_official_checkpoint_file(tmp_path):
@@ -109,7 +115,7 @@ def test_commands_read_an_official_checkpoint_file(tmp_path):
     assert cli_main(["crate-measure", str(path), "--model", "crate", "--model-kwargs",
                      '{"dim": 24, "depth": 2, "heads": 3, "patch_size": 4}', "--data", "digits", "--num", "8",
                      "--no-plot", "--out", str(out)]) == 0
-    assert json.loads((out / "measure.json").read_text())["images"] == 8
+    assert json.loads((_only(out) / "measure.json").read_text())["images"] == 8
     # a checkpoint of another size, and a file without --model: clear errors, exit status 2
     assert cli_main(["crate-measure", str(path), "--model", "crate_tiny", "--data", "digits", "--out", str(out)]) == 2
     assert cli_main(["crate-measure", str(path), "--data", "digits", "--out", str(out)]) == 2

@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory):
 
 def test_sample_command_writes_png(run_dir, capsys):
     assert main(["diffusion-sample", str(run_dir), "--n", "6", "--steps", "3", "--seed", "1"]) == 0
-    png = run_dir / "samples" / "ddim3-steplast-s1.png"
+    png = run_dir / "samples" / "ddim3-eta0-g1-steplast-s1-n6-ema.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     assert main(["diffusion-sample", str(run_dir), "--n", "4", "--steps", "3", "--sampler", "ddpm", "--no-ema",
                  "--step", "2", "--out", str(run_dir / "x.png")]) == 0

@@ -60,7 +60,10 @@ def _cmd_tract_cifar(args) -> int:
 
 def _cmd_compare(args) -> int:
     from tractable.train import compare_runs, plot_compare
+    from tractable.train.outputs import check_output_file
 
+    if not args.no_plot:
+        check_output_file(args.plot, "compare", arg="--plot", suffixes=(".png", ".pdf", ".svg"))
     print(compare_runs(args.runs))
     if not args.no_plot:
         path = plot_compare(args.runs, args.plot)
@@ -89,13 +92,29 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tractable", description="Learning-rule research in PyTorch.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="the main job: every learning rule on digits, several seeds, one table")
-    d.add_argument("--seeds", type=int, default=10)
-    d.add_argument("--epochs", type=int, default=6)
+    d = sub.add_parser("demo", help="the main job: every learning rule on digits, several seeds, one table",
+                       description="Train every learning rule (backprop, TrAct, FA, DFA) on scikit-learn's digits "
+                                   "for several seeds and print one table with paired differences, then the "
+                                   "subspace, CRATE and diffusion sections. Offline, CPU.",
+                       epilog="example:\n  tractable demo --seeds 3 --epochs 4 --out-dir runs/demo-quick",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--seeds", type=_positive_int, default=10,
+                   help="seeds per row, 0 … N−1 (default 10; paired differences need >= 2)")
+    d.add_argument("--epochs", type=_positive_int, default=6, help="epochs of every run (default 6)")
     d.add_argument("--out-dir", default="runs", help="parent directory of the demo's run directories")
     d.add_argument("--no-plot", action="store_true")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every row")
@@ -133,22 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:  # each family's commands (fa-audit, subspace-eval, crate-measure, ...)
         importlib.import_module(name).add_commands(sub)
+    for sp in sub.choices.values():  # an unknown option is reported with the subcommand's own usage
+        sp.set_defaults(_parser=sp)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     # `train` and `tract-cifar` take config overrides as positionals; reject stray words early
     for item in getattr(args, "overrides", []) or []:
         if "=" not in item:
             parser.error(f"unexpected argument {item!r}: overrides look like key=value (e.g. optim.lr=0.1)")
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, KeyError, OSError) as e:
         if os.environ.get("TRACTABLE_DEBUG"):
             raise
-        print(f"tractable {args.command}: error: {e}", file=sys.stderr)
+        text = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())  # one line
+        print(f"tractable {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

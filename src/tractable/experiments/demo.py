@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,9 @@ def demo_config(row: DemoRow, seed: int, out_dir: Path, epochs: int, extra: Sequ
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+    """An ASCII directory name for a row label ("TrAct λ=0.1" → "tract-lambda-0-1")."""
+    text = text.lower().replace("λ", "lambda")
+    return re.sub(r"-+", "-", "".join(c if c.isascii() and c.isalnum() else "-" for c in text)).strip("-")
 
 
 def _mean_std(values: Sequence[float]):
@@ -78,7 +81,13 @@ def run_demo(seeds: int = 10, epochs: int = 6, out_dir: Optional[str] = None, ro
     """Train every row for ``seeds`` seeds; print the table; return ``{label: [per-seed accuracy curves]}``."""
     from tractable.train import train
 
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:  # every check before any work
+        raise ValueError(f"demo --seeds: the number of seeds per row must be >= 1, got {seeds!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"demo --epochs: must be >= 1, got {epochs!r}")
     rows = ROWS if rows is None else rows
+    if extra:  # the overrides must make a valid config before anything is trained
+        demo_config(rows[0], 0, Path(out_dir or "runs"), epochs, extra)
     root = Path(out_dir or "runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     i = 1
     while root.exists():

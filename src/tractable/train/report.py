@@ -2,8 +2,9 @@
 
 * :func:`plot_run` — ``run_dir/plots/{loss,accuracy,lr}.png`` from ``metrics.jsonl`` (accuracy only when the
   run logged ``acc``-type metrics);
-* :func:`compare_runs` — a markdown table of final/best metrics per run, followed by the config keys whose
-  values differ between the runs;
+* :func:`compare_runs` — a markdown table of final/best metrics per run (best = lowest or highest, as the metric
+  declares in :mod:`tractable.train.directions`; none for a metric without a direction), followed by the config
+  keys whose values differ between the runs. The runs must share the task, dataset, input shape and classes;
 * :func:`plot_compare` — one figure with the test metric of several runs per epoch.
 
 matplotlib is imported lazily (``pip install 'tractable[plot]'``); compare_runs needs only the standard library.
@@ -16,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
+from tractable.train.directions import metric_direction
 from tractable.train.metrics_log import read_metrics
 
 __all__ = ["plot_run", "compare_runs", "plot_compare", "read_summary", "new_figure"]
@@ -154,10 +156,11 @@ def _run_metrics(run_dir: Path) -> Dict[str, Any]:
         if not vals:
             continue
         out[f"final {k}"] = vals[-1]
-        if "loss" in k:
-            out[f"best {k}"] = min(vals)
-        else:
-            out[f"best {k}"] = max(vals)
+        direction = metric_direction(k)  # a metric without a declared direction gets no "best"
+        if direction == "min":
+            out[f"best {k} (lowest)"] = min(vals)
+        elif direction == "max":
+            out[f"best {k} (highest)"] = max(vals)
     train_keys = sorted({k for r in records for k in r if k.startswith("train_")})
     for k in train_keys:
         vals = [r[k] for r in records if isinstance(r.get(k), (int, float))]
@@ -169,14 +172,47 @@ def _run_metrics(run_dir: Path) -> Dict[str, Any]:
     return out
 
 
-def compare_runs(run_dirs: Sequence[PathLike]) -> str:
-    """Markdown: one column per run with final/best metrics, then the config keys that differ."""
+def _check_runs(run_dirs: Sequence[PathLike], what: str) -> List[Path]:
+    """Run directories to compare: each one has a ``config.yaml`` and logged metrics, and all share the dataset,
+    the input shape and the classes (one-line errors naming the directory)."""
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
-        raise ValueError("compare_runs: give at least one run directory")
+        raise ValueError(f"{what}: give at least one run directory")
+    keys = []
     for d in dirs:
         if not d.is_dir():
-            raise FileNotFoundError(f"compare_runs: {d} is not a directory")
+            raise FileNotFoundError(f"{what}: {d} is not a directory")
+        if not (d / "config.yaml").is_file() or not (d / "metrics.jsonl").is_file():
+            raise FileNotFoundError(f"{what}: {d} is not a run directory (expected config.yaml and metrics.jsonl, as "
+                                    "`tractable train` or `tractable ensemble-eval` write them)")
+        keys.append(_data_key(d))
+    for d, k in zip(dirs[1:], keys[1:]):
+        diff = [f"{name} {keys[0].get(name)!r} vs {k.get(name)!r}" for name in keys[0] if keys[0].get(name) != k.get(name)]
+        if diff:
+            raise ValueError(f"{what}: {d} was not trained on the same data as {dirs[0]} ({'; '.join(diff)}); only "
+                             "runs on the same dataset, input shape and classes are compared")
+    return dirs
+
+
+def _data_key(run_dir: Path) -> Dict[str, Any]:
+    """What must agree between compared runs: the task, the dataset and its test-set options, and the model's
+    input shape and classes when the config fixes them."""
+    try:
+        with open(run_dir / "config.yaml") as f:
+            cfg = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        raise ValueError(f"{run_dir / 'config.yaml'}: not a readable YAML file") from None
+    data = cfg.get("data") or {}
+    model_kw = (cfg.get("model") or {}).get("kwargs") or {}
+    return {"task": cfg.get("task", "classification"), "data.name": data.get("name"),
+            "data.kwargs": data.get("kwargs") or {}, "data.test_subset": data.get("test_subset"),
+            "num_classes": model_kw.get("num_classes"), "in_channels": model_kw.get("in_channels"),
+            "image_size": model_kw.get("image_size")}
+
+
+def compare_runs(run_dirs: Sequence[PathLike]) -> str:
+    """Markdown: one column per run with final/best metrics, then the config keys that differ."""
+    dirs = _check_runs(run_dirs, "compare")
     names = [d.name for d in dirs]
     metrics = [_run_metrics(d) for d in dirs]
     rows: List[str] = []
@@ -209,9 +245,7 @@ def compare_runs(run_dirs: Sequence[PathLike]) -> str:
 
 def plot_compare(run_dirs: Sequence[PathLike], path: PathLike, metric: Optional[str] = None) -> Path:
     """One figure with ``metric`` (default ``test_acc``, else ``test_loss``) per epoch for each run."""
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise ValueError("plot_compare: give at least one run directory")
+    dirs = _check_runs(run_dirs, "plot_compare")
     runs = [(d.name, read_metrics(d)) for d in dirs]
     if metric is None:
         has_acc = any(r.get("kind") == "epoch" and "test_acc" in r for _, recs in runs for r in recs)

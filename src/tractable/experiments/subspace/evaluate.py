@@ -38,20 +38,58 @@ class LoadedRun:
         self.train_loader, self.test_loader = train_loader, test_loader
 
 
+def run_config(run_dir):
+    """The config of a classification run (one-line errors for a directory that is not one)."""
+    from tractable.train.config import load_run_config
+
+    cfg = load_run_config(run_dir)
+    if cfg.task != "classification":
+        raise ValueError(f"{run_dir}: a run of task {cfg.task!r}; subspace-eval and ensemble-eval evaluate "
+                         "classification runs")
+    return cfg
+
+
+def check_same_data(runs: Sequence, what: str) -> None:
+    """Runs evaluated or combined together must share the test set, the input shape and the classes: one-line
+    ``ValueError`` naming the first run that differs and how."""
+    def key(cfg):
+        d = cfg.data
+        return {"dataset": d.name, "data.kwargs": dict(d.kwargs), "data.test_subset": d.test_subset,
+                "data.mean": d.mean, "data.std": d.std}
+
+    first, ref = runs[0]
+    for path, cfg in runs[1:]:
+        diff = [f"{k} {ref_v!r} vs {key(cfg)[k]!r}" for k, ref_v in key(ref).items() if key(cfg)[k] != ref_v]
+        if diff:
+            raise ValueError(f"{what}: {path} was not trained on the same data as {first} ({'; '.join(diff)}); "
+                             "only runs on the same dataset, input shape and classes are combined")
+
+
+def _check_loaded(runs: Sequence["LoadedRun"], what: str) -> None:
+    first = runs[0]
+    for r in runs[1:]:
+        a = (tuple(first.info.shape), first.info.num_classes)
+        b = (tuple(r.info.shape), r.info.num_classes)
+        if a != b:
+            raise ValueError(f"{what}: {r.run_dir} takes inputs {b[0]} with {b[1]} classes, {first.run_dir} takes "
+                             f"{a[0]} with {a[1]} classes; only runs on the same data are combined")
+
+
 def load_run(run_dir, *, device: str = "cpu", data_root: Optional[str] = None) -> LoadedRun:
     """Rebuild the model of a finished (or checkpointed) run, its weights loaded strictly, and its loaders."""
     from tractable.models import create_model, model_defaults
-    from tractable.train import latest_checkpoint, load_config, load_weights
+    from tractable.train import latest_checkpoint, load_weights
     from tractable.train.loaders import build_dataset, build_loader, model_shape_kwargs
+    from tractable.train.loop import resolve_device
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = run_config(run_dir)
+    if data_root:
+        cfg.data.root = data_root
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint under checkpoints/")
-    cfg = load_config(run_dir / "config.yaml", [f"data.root={data_root}"] if data_root else [])
-    dev = torch.device(device)
+    dev = resolve_device(device, "--device")
     train_data = build_dataset(cfg.data, "train")
     test_data = build_dataset(cfg.data, "test")
     mc = cfg.model
@@ -65,10 +103,10 @@ def load_run(run_dir, *, device: str = "cpu", data_root: Optional[str] = None) -
     torch.manual_seed(cfg.train.seed)
     model = model_fn()
     sub = None
-    if cfg.method.name == "subspace":
+    if "subspace" in cfg.method.rules:  # subspace or tract+subspace (TrAct keeps the parameter names)
         from tractable.subspace import convert
 
-        o = cfg.method.options
+        o = cfg.method.rules["subspace"]
         sub = convert(model, model_fn, kind=o.kind, k=o.k, layerwise=o.layerwise, norm_endpoints=o.norm_endpoints,
                       control_init=o.control_init)
     load_weights(ckpt, model, strict=True, device="cpu")
@@ -76,7 +114,9 @@ def load_run(run_dir, *, device: str = "cpu", data_root: Optional[str] = None) -
     bs = cfg.data.eval_batch_size
     train_loader = build_loader(train_data, bs, train=False, cfg=cfg.data, seed=cfg.train.seed, device=dev)
     test_loader = build_loader(test_data, bs, train=False, cfg=cfg.data, seed=cfg.train.seed, device=dev)
-    return LoadedRun(run_dir, cfg, model, sub, train_loader, test_loader)
+    loaded = LoadedRun(run_dir, cfg, model, sub, train_loader, test_loader)
+    loaded.info = train_data.info
+    return loaded
 
 
 def _plain_metrics(run: LoadedRun) -> Dict[str, Any]:
@@ -92,6 +132,16 @@ def evaluate_run(run_dir, *, step: float = 0.05, bn_batches: Optional[int] = Non
     """Evaluate one run (see the module docstring); returns the dict written to ``RUN/subspace_eval.json``."""
     from tractable.subspace import evaluate_grid, evaluate_models, evaluate_simplex
 
+    if not 0 < step <= 1:  # every check before any work
+        raise ValueError(f"subspace-eval --step: the α grid step must be in (0, 1], got {step}")
+    if bn_batches is not None and bn_batches < 1:
+        raise ValueError(f"subspace-eval --bn-batches: must be >= 1, got {bn_batches}")
+    if ensemble_size < 0:
+        raise ValueError(f"subspace-eval --ensemble-size: must be >= 0, got {ensemble_size}")
+    if heatmap_step is not None and not 0 < heatmap_step <= 1:
+        raise ValueError(f"subspace-eval --heatmap-step: must be in (0, 1], got {heatmap_step}")
+    others = [*standard, *ensemble]
+    check_same_data([(r, run_config(r)) for r in [run_dir, *others]], "subspace-eval")
     run = load_run(run_dir, device=device, data_root=data_root)
     out: Dict[str, Any] = {"run": str(run.run_dir), "method": run.cfg.method.name}
     sub = run.sub
@@ -106,11 +156,16 @@ def evaluate_run(run_dir, *, step: float = 0.05, bn_batches: Optional[int] = Non
                                     heatmap_step=heatmap_step if sub.K == 3 else None))
     refs: Dict[str, float] = {}
     if standard:
-        accs = [_plain_metrics(load_run(r, device=device, data_root=data_root))["acc"] for r in standard]
+        std_runs = [load_run(r, device=device, data_root=data_root) for r in standard]
+        _check_loaded([run, *std_runs], "subspace-eval")
+        members = [_plain_metrics(r) for r in std_runs]
+        accs = [m["acc"] for m in members]
         refs["standard training"] = sum(accs) / len(accs)
-        out["standard"] = {"runs": [str(r) for r in standard], "acc": accs}
+        out["standard"] = {"runs": [str(r) for r in standard], "acc": accs,
+                           "mean": {k: sum(m[k] for m in members) / len(members) for k in ("acc", "nll", "ece")}}
     if ensemble:
         members = [load_run(r, device=device, data_root=data_root) for r in ensemble]
+        _check_loaded([run, *members], "subspace-eval")
         ens = evaluate_models([m.model for m in members], run.test_loader)
         out["standard_ensemble"] = {"runs": [str(r) for r in ensemble], **ens}
         if len(members) > 1:
@@ -152,6 +207,10 @@ def summary_table(res: Dict[str, Any]) -> str:
         for v in res["vertices"]:
             add(f"vertex {v['vertex']}", v)
         add("ensemble of the vertices", res["vertex_ensemble"])
+    st = res.get("standard")
+    if st and "mean" in st:
+        n = len(st["runs"])
+        add("standard training" + (f" (mean of {n} runs)" if n > 1 else ""), st["mean"])
     se = res.get("standard_ensemble")
     if se and "ensemble" in se:
         add(f"ensemble of {len(se['runs'])} standard runs", se["ensemble"])
@@ -198,15 +257,23 @@ def ensemble_eval(runs: Sequence[str], out_dir, *, device: str = "cpu", combine:
     """Logit-averaged ensemble of independently trained runs, written as a run directory for ``compare``."""
     from tractable.subspace import evaluate_models
 
+    from tractable.train.outputs import MARKER
+
     if len(runs) < 2:
         raise ValueError(f"ensemble-eval: give at least two runs, got {len(runs)}")
+    if combine not in ("logits", "probs"):
+        raise ValueError(f"ensemble-eval --combine: 'logits' or 'probs', got {combine!r}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"ensemble-eval: {out_dir} exists and is not empty; choose another --out")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"ensemble-eval --out: {out_dir} exists and is not empty; an ensemble is written into "
+                              "a new or empty directory (choose another --out)")
+    check_same_data([(r, run_config(r)) for r in runs], "ensemble-eval")  # before any model is loaded
     loaded = [load_run(r, device=device, data_root=data_root) for r in runs]
+    _check_loaded(loaded, "ensemble-eval")
     res = evaluate_models([m.model for m in loaded], loaded[0].test_loader, combine=combine)
     ens = res["ensemble"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text(json.dumps({"command": "ensemble-eval"}) + "\n")
     epochs = max(m.cfg.train.epochs for m in loaded)
     record = {"kind": "epoch", "epoch": epochs, "step": 0, "test_acc": ens["acc"], "test_loss": ens["nll"],
               "test_ece": ens["ece"], "test_tv": res["tv"], "test_disagreement": res["disagreement"]}
