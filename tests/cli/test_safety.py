@@ -44,7 +44,11 @@ def _err(capsys):
 
 
 def _one_line_error(capsys, argv, *needles):
-    assert main(argv) == 2
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own argument errors
+        rc = e.code
+    assert rc == 2
     err = _err(capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 or lines[-1].startswith(("tractable", "usage")), err

@@ -104,6 +104,13 @@ def test_interrupted_run_resumes(tmp_path):
     assert second["rows"][0]["acc"] == first["rows"][0]["acc"]
 
 
+def test_a_narrower_rerun_never_shrinks_the_summary(audit):
+    out, summary = audit
+    narrow = A.run_audit(tiny(out, methods=["bp"], baselines=False, penalty=False), echo=lambda s: None)
+    assert narrow["rows"] == summary["rows"]  # the finished dfa_seed runs and the baselines stay in
+    assert json.loads((out / "summary.json").read_text())["rows"] == summary["rows"]
+
+
 def test_changed_settings_on_the_same_out_are_refused(audit):
     out, _ = audit
     with pytest.raises(ValueError, match="different settings"):

@@ -91,7 +91,7 @@ def load_torch_file(path: PathLike, map_location: Any = "cpu") -> Any:
                 "torch.load(weights_only=True); if you trust the file, load it yourself and pass the state "
                 "dict") from None
         raise CheckpointFileError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # the unpickler fails on garbage in many ways (IndexError, KeyError, EOFError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointFileError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated: {reason})") \
             from None
