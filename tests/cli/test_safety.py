@@ -27,6 +27,8 @@ def runs(tmp_path_factory):
                                                       train={"epochs": 1, "seed": 1}))).run_dir
     out["synthetic"] = train(config_from_dict(tiny_dict(tmp, "synthetic", train={"epochs": 1}))).run_dir
     out["crate"] = train(config_from_dict(crate_dict(tmp, "crate", train={"epochs": 1}))).run_dir
+    out["line"] = train(config_from_dict(tiny_dict(tmp, "line", method={"name": "tract+subspace"},
+                                                   train={"epochs": 1}))).run_dir
     d = diffusion_dict(tmp, "diff", epochs=1)
     d["data"].update(subset=64, test_subset=32)
     out["diffusion"] = train(config_from_dict(d)).run_dir
@@ -157,6 +159,21 @@ def test_compare_reports_the_lowest_ece_and_loss_as_best(runs, tmp_path, capsys)
     assert rows["best test_ece (lowest)"] == "0.05" and rows["best test_loss (lowest)"] == "1"
     assert rows["best test_acc (highest)"] == "0.7"
     assert not any(k.startswith("best test_tv") for k in rows)  # no direction declared: no "best"
+
+
+def test_every_logged_metric_declares_its_direction(runs, tmp_path):
+    from tractable.train import read_metrics
+    from tractable.train.directions import METRIC_DIRECTIONS, _base, metric_direction
+
+    keys = set()
+    for d in runs.values():
+        keys |= {k for r in read_metrics(d) if r.get("kind") == "epoch" for k in r
+                 if k.startswith(("test_", "train_", "ema_test_"))}
+    assert {"test_acc", "test_loss", "test_ece", "train_loss"} <= keys
+    undeclared = [k for k in keys if _base(k) not in METRIC_DIRECTIONS]
+    assert undeclared == []
+    assert (metric_direction("test_ece"), metric_direction("ema_test_acc"), metric_direction("test_tv")) == (
+        "min", "max", None)
 
 
 # -- one-line errors ----------------------------------------------------------------------------------------

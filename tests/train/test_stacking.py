@@ -264,3 +264,13 @@ def test_stacks_under_two_rank_ddp_match_one_process(tmp_path):
             assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=0), (stack, k)
         s = json.loads((tmp_path / f"{stack}-ddp" / "summary.json").read_text())
         assert s["world_size"] == 2 and s["method"].startswith("tract(l=0.1, exact")
+
+
+def test_a_saved_early_config_file_loads_but_its_overrides_are_strict(tmp_path):
+    data = config_to_dict(load_config(None, BASE))
+    data["method"] = {"name": "fa", "l": 0.1, "exact": False, "layer": None, "kwargs": {}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path).method.name == "fa"
+    with pytest.raises(ConfigError, match="unknown key 'method.l' for learning rule 'fa'"):
+        load_config(path, ["method.l=0.1"])

@@ -41,6 +41,10 @@ def _cmd_audit(args) -> int:
             raise ValueError(f"--gpu {args.gpu}: no such CUDA device (available: {torch.cuda.device_count()}); "
                              "use --device cpu to run on the CPU")
         device = f"cuda:{args.gpu}"
+    if device not in (None, "auto"):  # a device that is not here: an error before any work
+        from tractable.train.loop import resolve_device
+
+        resolve_device(device, "--device")
     out = args.out or f"runs/fa-audit-{time.strftime('%Y%m%d-%H%M%S')}"
     given = {k: v for k, v in {
         "dataset": args.dataset, "data_root": args.data_dir, "archs": args.archs, "methods": args.methods,

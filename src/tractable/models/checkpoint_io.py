@@ -8,6 +8,7 @@ what kind of file was expected and what was found — never a bare ``SafetensorE
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Union
@@ -83,7 +84,9 @@ def load_torch_file(path: PathLike, map_location: Any = "cpu") -> Any:
         what = "a text file" if _looks_like_text(path) else "neither a zip archive nor a pickle"
         raise CheckpointFileError(f"{path}: not {kind} ({what})")
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the error below says more
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e) and ("Unsupported global" in str(e) or "GLOBAL" in str(e)):
             raise CheckpointFileError(

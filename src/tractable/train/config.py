@@ -463,7 +463,12 @@ def config_from_dict(data: dict, *, saved: bool = False) -> RunConfig:
 
 
 def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """YAML file (or nothing) plus ``key=value`` overrides → validated :class:`RunConfig`."""
+    """YAML file (or nothing) plus ``key=value`` overrides → validated :class:`RunConfig`.
+
+    The file may be a run directory's saved ``config.yaml`` from an early version: its ``method`` keys that every
+    rule carried then (``l: 0.1, exact: false, layer: null, kwargs: {}``) are dropped where the rule does not
+    have them; an override naming a key the rule does not have is an error whatever its value.
+    """
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -475,8 +480,24 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
     data = _fold_run_alias(data)
+    if path is not None and isinstance(data.get("method"), dict):
+        data["method"] = _drop_legacy_keys(data["method"])  # a run's saved config.yaml given as the file
     data = apply_overrides(data, list(overrides))
     return config_from_dict(data)
+
+
+def _drop_legacy_keys(method: dict) -> dict:
+    """A file's ``method`` section without the keys early versions wrote for every rule (holding their old
+    defaults) that its rule does not have; the overrides given with it are checked strictly afterwards."""
+    name = method.get("name", "normal")
+    if not isinstance(name, str) or STACK_SEPARATOR in name:
+        return method
+    try:
+        fields = {f.name for f in dataclasses.fields(rule_class(name).Options)}
+    except ValueError:
+        return method
+    return {k: v for k, v in method.items()
+            if not (k in _LEGACY_METHOD_DEFAULTS and k not in fields and _LEGACY_METHOD_DEFAULTS[k] == v)}
 
 
 def config_to_dict(cfg) -> dict:
