@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
@@ -25,7 +24,6 @@ import yaml
 
 from tractable.train.rules import STACK_SEPARATOR, check_stack, rule_class, rules_with_option
 from tractable.train.schema import ConfigError, build as _build, coerce as _coerce, join as _join, plain as _plain
-from tractable.train.schema import type_name as _type_name  # noqa: F401  (earlier home of the helper)
 from tractable.train.task import list_tasks
 
 __all__ = [

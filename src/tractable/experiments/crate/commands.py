@@ -234,7 +234,7 @@ def run_measure(source, data: Optional[str] = None, *, model: Optional[str] = No
         raise ValueError(f"crate-measure --eps: must be > 0, got {eps}")
     base = Path(out) if out else (Path(source) / "crate-measure" if Path(source).is_dir()
                                   else Path(f"crate-measure-{Path(source).stem}"))
-    check_output_dir(base, "crate-measure")
+    check_output_dir(base, "crate-measure", own=("measure.json",))
     net, meta = load_crate_model(source, model, model_kwargs)
     data = data or meta.get("data")
     if not data:
@@ -250,7 +250,7 @@ def run_measure(source, data: Optional[str] = None, *, model: Optional[str] = No
     # one sub-folder per set of options that change the numbers: a re-run with another option adds one
     slug = option_slug({"": data, "split": split, "n": int(x.shape[0]), "mode": mode, "eps": eps,
                         "model": meta["model"] if model else None})
-    out_dir = claim_output_dir(base, "crate-measure") / slug
+    out_dir = claim_output_dir(base, "crate-measure", own=("measure.json",)) / slug
     out_dir.mkdir(exist_ok=True)
     result = {**meta, "dataset": data, "split": split, "images": int(x.shape[0]), "mode": mode,
               "eps": eps, "layers": stats}
@@ -342,7 +342,7 @@ def run_attention(source, images: Sequence[str], *, model: Optional[str] = None,
                          f"(0 on the command line: off), got {threshold}")
     base = Path(out) if out else (Path(source) / "crate-attention" if Path(source).is_dir()
                                   else Path(f"crate-attention-{Path(source).stem}"))
-    check_output_dir(base, "crate-attention")
+    check_output_dir(base, "crate-attention", own=("attention.json",))
     net, meta = load_crate_model(source, model, model_kwargs)
     if image_size is not None:
         image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -363,7 +363,7 @@ def run_attention(source, images: Sequence[str], *, model: Optional[str] = None,
                         "size": image_size[0] if image_size else None, "model": meta["model"] if model else None,
                         "images": list(images), "norm": [mean, std] if (mean or std) else None},
                        hashed=("images", "norm"))
-    out_dir = claim_output_dir(base, "crate-attention") / slug
+    out_dir = claim_output_dir(base, "crate-attention", own=("attention.json",)) / slug
     out_dir.mkdir(exist_ok=True)
     summary = {**meta, "layer": layer, "images": labels, "grid": list(maps.shape[-2:]), "heads": int(maps.shape[1]),
                "threshold": threshold}
