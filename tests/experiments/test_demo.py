@@ -44,3 +44,18 @@ def test_table_and_verdict_arithmetic():
     assert "| a | 51.0 ± 1.4 | 61.0 ± 1.4 |" in table
     line = verdict(curves)
     assert "+5.00 pp after epoch 1" in line and "+10.00 pp at the end" in line
+
+
+def test_run_directory_names_are_ascii():
+    assert _slug("TrAct λ=0.1") == "tract-lambda-0-1"
+    assert all(_slug(r.label).isascii() and "--" not in _slug(r.label) for r in ROWS)
+
+
+def test_bad_seeds_and_overrides_are_refused_before_any_training(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="--seeds"):
+        run_demo(seeds=0, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="optim.lr"):
+        run_demo(seeds=1, epochs=1, out_dir=str(tmp_path), extra=["optim.lr=-1"])
+    assert list(tmp_path.iterdir()) == []
