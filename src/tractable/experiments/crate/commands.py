@@ -14,6 +14,10 @@ with ``--mean/--std``, default ImageNet's) or dataset items ``NAME:SPLIT:I,J,…
 
 The model's shape (classes, channels, image size) is read off the checkpoint's tensors; its kind (preset,
 heads, patch size) comes from the run's ``config.yaml`` or ``--model NAME`` plus ``--model-kwargs``.
+
+Both write into a sub-folder of ``--out`` (default ``RUN/crate-measure`` / ``RUN/crate-attention``) named after
+the options that change the result (:func:`tractable.train.outputs.option_slug`), so a re-run with another option
+adds a folder; an ``--out`` holding another command's results is refused (:mod:`tractable.train.outputs`).
 """
 from __future__ import annotations
 
