@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train from a YAML config or a preset, with key=value overrides",
                        description="Train from a YAML config (or --preset) plus key=value overrides, e.g. "
-                                   "`tractable train --preset smoke optim.lr=0.1 name=try1`. Under torchrun "
+                                   "`tractable train --preset smoke optim.lr=0.1 name=try1`. TrAct stacks with "
+                                   "another rule: `method.name=tract+fa method.tract.l=0.1` (each rule's options "
+                                   "as method.<rule>.<option>; `tractable list rules`). Under torchrun "
                                    "(`torchrun --nproc_per_node 2 -m tractable train ...`) it runs DDP.")
     t.add_argument("config", nargs="?", default=None, help="YAML config file")
     t.add_argument("--preset", default=None, help="a named preset (see `tractable list presets`)")
