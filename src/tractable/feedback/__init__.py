@@ -7,8 +7,10 @@ backward. Row-vector convention: a Linear is y = x Wᵀ, backpropagation sends g
 * **Layer-level FA** (Lillicrap et al. 2016): g_x = g B with a fixed random B of W's shape; g_W = gᵀx exact.
   ``FALinear``, ``FAConv1d/2d/3d``, or ``convert(model, "fa")`` for every Linear/Conv in place.
 * **Sign symmetry** (Liao et al. 2016; Xiao et al. 2018): ``usf`` B = s·sign(W), ``frsf`` |R|⊙sign(W) with R
-  fixed, ``brsf`` with R redrawn every step (:func:`resample_`). **Kolen-Pollack** (Akrout et al. 2019):
-  ``kp``, B learned with W's gradient, so W − B decays under weight decay.
+  fixed, ``brsf`` with R redrawn by the layer once per optimizer step (no call needed; :func:`resample_` for
+  explicit control). **Kolen-Pollack** (Akrout et al. 2019):
+  ``kp``, B learned with W's gradient, so W − B decays under weight decay (:func:`check_kp_decay` warns when
+  the optimizer gives B none).
 * **Block-level FA** (``convert(model, "fa", granularity="block")``): on a residual stream
   h_{l+1} = h_l + f_l(h_l), the block's Jacobian is replaced by B_l ∈ ℝ^{d×d} while the identity path stays
   exact: the signal at h_l is g_{l+1} + g_{l+1} B_l; each block is trained by BP from its output signal.
@@ -48,6 +50,7 @@ from tractable.feedback.layers import (
     FALayer,
     FALinear,
     fa_layers,
+    check_kp_decay,
     is_fa_layer,
     resample_,
 )
@@ -60,7 +63,7 @@ __all__ = [
     "convert", "is_converted", "feedback_options", "is_protocol_model", "is_chain", "METHODS",
     "FeedbackOptions", "resolve_options",
     # layers and modules
-    "FALinear", "FAConv1d", "FAConv2d", "FAConv3d", "FALayer", "fa_layers", "is_fa_layer", "resample_",
+    "FALinear", "FAConv1d", "FAConv2d", "FAConv3d", "FALayer", "fa_layers", "is_fa_layer", "resample_", "check_kp_decay",
     "StreamCredit", "ChainDFA",
     # autograd Functions
     "FALinearFn", "FAConvFn", "FABridge", "DFAHub", "NormGrad",
