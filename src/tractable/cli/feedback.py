@@ -118,7 +118,8 @@ def add_commands(sub) -> None:
                     "wd 0.01, cosine, batch 128; 100 epochs, ViT 60; penalty 30).",
         epilog=AUDIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--quick", action="store_true",
-                   help="minutes-long CPU version: digits (bundled), small models, 3 epochs, all seeds and baselines")
+                   help="minutes-long CPU version: digits (bundled), small ResMLP and ViT-mini, 3 epochs, all seeds and "
+                        "baselines (ResNet left out: at this budget even BP stays near chance; --archs brings it back)")
     a.add_argument("--out", default=None, metavar="DIR",
                    help="audit directory (default: a new runs/fa-audit-<time>); reuse it to resume")
     a.add_argument("--dataset", default=None, help="registered dataset (default cifar10; --quick: digits)")

@@ -14,9 +14,12 @@ option                     values                                               
 ``placement`` (DFA)        ``pre_ln``, ``post_ln``                              ``pre_ln``     ``pre_ln``
 ``normalize``              ``none``, ``rms_per_sample``, ``dim``                ``none``       ``rms_per_sample``
 ``share_b0`` (DFA)         False, True                                          False          True
-``feedback_init``          layer: ``kaiming_uniform``, ``normal``; block:       per method     ``normal``
-                           ``normal``, ``match_branch``; DFA: ``readout``,     (DFA:
-                           ``normal``, ``uniform_dim``                          ``readout``)
+``feedback_init``          layer: ``kaiming_uniform``, ``normal``; block:       layer          ``normal``
+                           ``normal``, ``match_branch``; DFA: ``readout``,     ``kaiming_``
+                           ``normal``, ``uniform_dim``                          ``uniform``;
+                                                                                block ``match_
+                                                                                branch``; DFA
+                                                                                ``readout``
 ``feedback_scale``         float > 0                                            1.0; DFA       1.0
                                                                                 ``readout``:
                                                                                 0.1
@@ -41,9 +44,11 @@ down). Measured on LeNet / Fashion-MNIST with the FA-benchmark recipe (SGD, mome
 two epochs; s = 0.1 trains stably. The reference code's N(0, 1/C) (``normal``) is √(D_k/C)/s times larger still
 (×50 for 256 units and 10 classes) and diverges too.
 
-``match_branch`` (block FA) scales each B_l so that ‖B_l‖_F matches the per-position Frobenius norm of the
-block's Jacobian at initialisation (a Hutchinson estimate, times ``feedback_scale``): the size of B relative to
-the identity path is what decides how much of the exact signal survives.
+``match_branch`` (block FA, the default) scales each B_l so that ‖B_l‖_F matches the per-position Frobenius
+norm of the block's Jacobian at initialisation (a Hutchinson estimate, times ``feedback_scale``): the size of B
+relative to the identity path is what decides how much of the exact signal survives. Measured on the audit's
+ResMLP at initialisation, the cosine of block FA's signal to the true gradient is 0.26–0.72 with N(0, 1/d) and
+0.975–0.994 with ``match_branch``.
 """
 from __future__ import annotations
 
@@ -175,7 +180,7 @@ def resolve_options(method: str, seed: int = 0, **options: Any) -> FeedbackOptio
         what = {"layer": "layer-level FA/sign symmetry/KP", "block": "block-level FA", "dfa": "DFA"}[kind]
         raise ValueError(f"feedback: option(s) {', '.join(map(repr, stray))} do not apply to {what} "
                          f"(method={method!r}); options that apply: {', '.join(sorted(applies))}")
-    init = given.get("feedback_init", {"layer": "kaiming_uniform", "block": "normal",
+    init = given.get("feedback_init", {"layer": "kaiming_uniform", "block": "normal" if seed_mode else "match_branch",
                                        "dfa": "normal" if seed_mode else "readout"}[kind])
     if init not in _INITS[kind]:
         raise ValueError(f"feedback: feedback_init for {kind} feedback must be one of "
