@@ -194,3 +194,34 @@ def test_sigkill_and_resume_is_bitwise_for_dfa(tmp_path):
         config_from_dict(tiny_dict(tmp_path, "run", method=method, resume=True, **sections)), wait_s=60, timeout=120)
     assert last_run.name == "step_00000030"
     assert "credit.B_0" in assert_same_checkpoint(last_ref, last_run)
+
+
+@pytest.mark.parametrize("method", [{"name": "fa", "align_every": 2}, {"name": "dfa", "align_every": 2},
+                                    {"name": "kp", "align_every": 2, "decay": 0.01}])
+def test_alignment_is_logged_and_plotted(tmp_path, method):
+    import json
+
+    from tractable.train import plot_run
+
+    res = train(_cfg(tmp_path, "align", method, train={"epochs": 1, "progress": False, "plots": False,
+                                                         "tensorboard": False, "log_every": 2}))
+    recs = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = {k for r in recs for k in r if k.startswith("align/")}
+    assert any(k.endswith("/grad_angle") for k in keys)
+    if method["name"] != "dfa":
+        assert any(k.endswith("/wb_angle") for k in keys) and any(k.endswith("/norm_ratio") for k in keys)
+    angles = [v for r in recs for k, v in r.items() if k.endswith("/grad_angle")]
+    assert all(0.0 <= a <= 180.0 for a in angles)
+    assert any(p.name == "align.png" for p in plot_run(res.run_dir))
+
+
+def test_kp_runner_gives_w_and_b_weight_decay(tmp_path):
+    with pytest.warns(UserWarning, match="KP layers' W and B use weight decay"):
+        res = train(_cfg(tmp_path, "kp0", {"name": "kp"}, train={"epochs": 1, "progress": False, "plots": False,
+                                                                  "tensorboard": False}))
+    group = next(g for g in res.trainer.optimizer.param_groups if g.get("kp_group")) if hasattr(res, "trainer") \
+        else None
+    if group is not None:
+        assert group["weight_decay"] == 1e-3
+    with pytest.raises(ConfigError, match="method.decay"):
+        _cfg(tmp_path, "kpbad", {"name": "kp", "decay": -1.0})

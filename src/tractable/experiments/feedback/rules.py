@@ -245,6 +245,7 @@ class KPRule(_FeedbackRule):
 
     method = "kp"
 
+    @dataclass
     class Options(_layer_options("Kolen-Pollack options")):
         decay: Optional[float] = None  # weight decay of the KP layers' W and B (None: optim's, or 1e-3 if 0)
 
