@@ -16,7 +16,11 @@ backward. Row-vector convention: a Linear is y = x Wᵀ, backpropagation sends g
   exact: the signal at h_l is g_{l+1} + g_{l+1} B_l; each block is trained by BP from its output signal.
 * **DFA** (Nøkland 2016, ``convert(model, "dfa")``): one output hub carries the *true* e = ∂L/∂logits (any loss,
   its reduction included) to every feedback point k as a_k = e B_k, B_k ∈ ℝ^{C×D_k}; the stream is detached, so
-  block l is trained by a_{l+1} alone and the head by exact BP.
+  block l is trained by a_{l+1} alone and the head by exact BP. Works on any feed-forward model: protocol models
+  (:mod:`.stream`), plain chains such as an ``nn.Sequential`` LeNet (full C·H·W feedback on feature maps) and
+  the outputs of marked modules (``points=[...]`` or the model's ``dfa_points``; the registry's CNNs, ViTs and
+  CRATE declare theirs), see :mod:`.chain`. Default B_k ~ N(0, 0.01/D_k) so that ‖a_k‖ ≈ 0.1‖e‖: a scale
+  that trains under plain SGD with momentum (:mod:`.options` says why).
 
 Feedback matrices are persistent buffers drawn eagerly on the CPU from a generator seeded by (seed, CRC32 of
 the layer/point name): identical on every device and DDP rank, saved in the ``state_dict``, regenerable
