@@ -134,6 +134,8 @@ DDP_METHODS = {  # name: (method, model)
     "fa_unused": ({"name": "fa", "find_unused_parameters": True}, None),
     "dfa_resmlp": ({"name": "dfa", "placement": "post_ln", "find_unused_parameters": True}, RESMLP),
     "fa_block_resmlp": ({"name": "fa", "granularity": "block"}, RESMLP),
+    "brsf": ({"name": "brsf"}, None),  # R redrawn by the layers: the same sequence on both ranks
+    "dfa_cnn1d": ({"name": "dfa"}, {"name": "cnn1d", "kwargs": {"channels": 4}}),  # full maps drawn lazily
 }
 
 
