@@ -284,14 +284,30 @@ def _markdown(cfg: BenchmarkConfig, s: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _informative_layers(records) -> List[str]:
+    """Layers whose alignment says something: not the first weight layer (its B is never used: the input needs
+    no gradient) and not layers trained by exact BP (gradient angle 0 at every record: the output layer)."""
+    layers: List[str] = []
+    for rec in records:
+        for k in rec:
+            if k.startswith("align/") and k.split("/")[1] not in layers:
+                layers.append(k.split("/")[1])
+    exact = {name for name in layers
+             if all(abs(rec.get(f"align/{name}/grad_angle", 0.0)) < 1e-3 for rec in records)}
+    return [n for n in layers[1:] if n not in exact]
+
+
 def _series(results, dataset: str, rule: str, what: str):
-    """Mean over layers and seeds of ``align/<layer>/<what>`` against the step."""
+    """Mean over the informative layers (:func:`_informative_layers`) and seeds of ``align/<layer>/<what>``
+    against the step."""
     acc: Dict[int, List[float]] = {}
     for r in results:
         if r["dataset"] != dataset or r["rule"] != rule:
             continue
-        for rec in r.get("alignment", []):
-            vals = [v for k, v in rec.items() if k.endswith("/" + what) and v == v]
+        records = r.get("alignment", [])
+        keep = _informative_layers(records)
+        for rec in records:
+            vals = [v for k, v in rec.items() if k.endswith("/" + what) and k.split("/")[1] in keep and v == v]
             if vals:
                 acc.setdefault(int(rec["step"]), []).append(sum(vals) / len(vals))
     steps = sorted(acc)
@@ -321,7 +337,7 @@ def _plots(cfg: BenchmarkConfig, results: List[Dict[str, Any]], out: Path) -> Li
             ax.set_ylabel(ylabel, fontsize=8)
             if what == "grad_angle":
                 ax.axhline(90, color="gray", lw=0.6, ls="--")
-            ax.set_title(f"{d}: {what} (mean over layers, seeds)", fontsize=8)
+            ax.set_title(f"{d}: {what} (mean over hidden layers and seeds)", fontsize=8)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         files.append(str(save_figure(fig, out / f"alignment_{d}.png", dpi=110)))
