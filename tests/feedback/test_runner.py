@@ -228,3 +228,16 @@ def test_kp_runner_gives_w_and_b_weight_decay(tmp_path):
         assert group["weight_decay"] == 1e-3
     with pytest.raises(ConfigError, match="method.decay"):
         _cfg(tmp_path, "kpbad", {"name": "kp", "decay": -1.0})
+
+
+def test_dfa_with_lazily_drawn_feedback_under_ema_and_resume(tmp_path):
+    """Full conv feedback is drawn at the first forward: the EMA copy and a resumed run pick it up."""
+    model = {"name": "cnn1d", "kwargs": {"channels": 4}}
+    sections = {"model": model, "train": {"epochs": 2, "ema": 0.9, "progress": False, "plots": False,
+                                          "tensorboard": False}}
+    res = train(_cfg(tmp_path, "lazy", {"name": "dfa"}, **sections))
+    sd = load_file(str(latest_checkpoint(res.run_dir / "checkpoints") / "model.safetensors"))
+    assert sd["credit.B_1"].shape[1] > 0
+    again = train(config_from_dict(tiny_dict(tmp_path, "lazy", method={"name": "dfa"}, resume=True,
+                                             **dict(sections, train=dict(sections["train"], epochs=3)))))
+    assert again.summary["steps"] > res.summary["steps"]
