@@ -134,7 +134,8 @@ class FAProtocol:
         seed_samples, diag_samples: evaluation inputs used by the seed-compatible and corrected D1/D2.
         min_seeds: seeds needed before a corrected D3 can pass.
         cos_floor: the corrected D2's bound on cos(dtype reference, float64 reference).
-        rho_directions: directions for ρ_k (0 skips ρ and nudging); ``rho_samples`` inputs are used for them.
+        rho_directions: directions for ρ_k per sample (default 32, the protocol's M; 0 skips ρ and nudging);
+            ``rho_samples`` inputs are used for them.
         batch_size: evaluation batch for the accuracy; ``device``: where to evaluate (default: the model's).
     """
 

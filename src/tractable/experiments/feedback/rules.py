@@ -131,6 +131,8 @@ class _FeedbackRule(LearningRule):
         else:
             parts = [f"placement={o.placement}, normalize={o.normalize}, share_b0={o.share_b0}",
                      f"train_head={o.train_head}"]
+            if o.points:
+                parts.append(f"points={','.join(o.points)}")
         if o.feedback_scale != 1.0:
             parts.append(f"scale={o.feedback_scale:g}")
         if o.compat:
