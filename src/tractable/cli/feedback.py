@@ -23,7 +23,7 @@ DIR/summary.md, DIR/summary.json, DIR/{cosine,growth,accuracy}.png.
 
 BENCH_EXAMPLES = """examples:
   tractable fa-benchmark --quick --out runs/fa-bench        # CPU budget: LeNet/Fashion-MNIST 10k images x 6 epochs,
-                                                            # MNIST-1D x 20 epochs; 7 rules x 3 seeds (~25 CPU-min)
+                                                            # MNIST-1D x 20 epochs; 7 rules x 3 seeds (8.4 CPU-min measured)
   tractable fa-benchmark --out runs/fa-bench-full --device cuda   # the published recipe: 100 epochs, all 60k images
   tractable fa-benchmark --quick --datasets mnist1d --rules bp fa dfa --seeds 0 1 2 3 4 --out runs/fa-1d
   tractable fa-benchmark --out runs/fa-bench ...same flags...     # after an interruption: finishes what is missing
