@@ -300,7 +300,7 @@ def test_bad_inputs(gen):
         M.nudging(model, 1, h, h[:, :3], y)
 
 
-@pytest.mark.parametrize("method,options", [("fa", {}), ("fa", {"granularity": "block"}), ("dfa", {}),
+@pytest.mark.parametrize("method,options", [("fa", {}), ("fa", {"granularity": "block", "feedback_init": "normal"}), ("dfa", {}),
                                             ("dfa", {"placement": "post_ln"})])
 def test_signals_of_the_feedback_methods(method, options, gen):
     """Converted models: the reference is still exact BP (bp_mode switches the feedback off, finite differences

@@ -250,3 +250,51 @@ def test_judge_a_stored_report(trained, big_eval):
     assert judge(stored, verdict_rule="any")["verdict_rule"] == "any"
     bp = judge(stored, bp_report=direct)
     assert bp["diagnostics"]["D1_scale_growth"]["corrected"]["growth_over_bp"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("head_only,status", [
+    (0.90, "fires"),          # clearly below head-only (paired interval below 0): D3 fires
+    (0.853, "inconclusive"),  # below head-only on average only: cannot pass
+    (0.70, "passes"),         # above every cheap baseline: the matched comparison decides
+])
+def test_a_method_below_a_cheap_baseline_cannot_pass(trained, big_eval, head_only, status):
+    """The seed-FA case of the quick audit: far above its matched baseline, below head-only."""
+    accs = [0.85, 0.851, 0.849]
+    heads = [head_only + e for e in (0.0, 0.004, -0.003)]
+    r = proto(trained, big_eval).run(baselines={"frozen_matched": [0.60, 0.61, 0.59], "head_only": heads,
+                                                "frozen_seed": [0.5] * 3, "shallow": [0.5] * 3},
+                                     seed_accs=accs)
+    c = r["diagnostics"]["D3_depth_utility"]["corrected"]
+    assert c["status"] == status, c
+    assert c["other_baselines"]["head_only"]["margin"] == pytest.approx(sum(accs) / 3 - sum(heads) / 3)
+    assert r["verdicts"]["corrected"]["readme"] != "PASS" or status == "passes"
+
+
+def test_d3_interval_is_the_paired_t_interval_over_seeds(trained, big_eval):
+    accs, base = [0.80, 0.83, 0.81], [0.70, 0.72, 0.70]
+    r = proto(trained, big_eval).run(baselines={"frozen_matched": base}, seed_accs=accs)
+    c = r["diagnostics"]["D3_depth_utility"]["corrected"]
+    d = [a - b for a, b in zip(accs, base)]
+    m = sum(d) / 3
+    sd = (sum((x - m) ** 2 for x in d) / 2) ** 0.5
+    half = 4.303 * sd / 3 ** 0.5  # t(0.975, df 2)
+    assert c["ci"] == pytest.approx([m - half, m + half])
+    assert c["interval"] == "paired t over seeds"
+
+
+def test_shallow_baselines_depend_on_the_input():
+    from tractable.models import create_model
+
+    for name, shape in (("vit_mini", (4, 3, 8, 8)), ("resmlp", (4, 3, 8, 8)), ("small_resnet_credit", (4, 3, 8, 8))):
+        torch.manual_seed(0)
+        kw = {"image_size": 8, "depth": 0}
+        if name == "vit_mini":
+            kw.update(dim=16, heads=2)
+        m = create_model(name, **kw).eval()
+        x = torch.randn(*shape)
+        out = m(x)
+        assert not torch.allclose(out[0], out[1]), name  # logits change with the input
+
+
+def test_rho_uses_32_directions_by_default(trained, big_eval):
+    assert FAProtocol(trained, big_eval).rho_directions == 32

@@ -26,9 +26,9 @@ RESMLP = {"name": "resmlp", "kwargs": {"dim": 16, "depth": 2}}
     ({"name": "fa"}, None, "fa(layer, init=kaiming_uniform, seed=0)"),
     ({"name": "fa", "granularity": "block", "seed": 3}, RESMLP, "fa(block, skip=True, normalize=none, seed=3)"),
     ({"name": "fa", "compat": "seed"}, RESMLP, "fa(block, skip=False, normalize=rms_per_sample, compat=seed, seed=0)"),
-    ({"name": "dfa"}, None, "dfa(placement=pre_ln, normalize=none, share_b0=False, train_head=bp, seed=0)"),
+    ({"name": "dfa"}, None, "dfa(placement=pre_ln, normalize=none, share_b0=False, train_head=bp, scale=0.1, seed=0)"),
     ({"name": "dfa", "placement": "post_ln"}, RESMLP,
-     "dfa(placement=post_ln, normalize=none, share_b0=False, train_head=bp, seed=0)"),
+     "dfa(placement=post_ln, normalize=none, share_b0=False, train_head=bp, scale=0.1, seed=0)"),
     ({"name": "usf"}, None, "usf(layer, init=kaiming_uniform, seed=0)"),
     ({"name": "frsf"}, None, "frsf(layer, init=kaiming_uniform, seed=0)"),
     ({"name": "brsf"}, None, "brsf(layer, init=kaiming_uniform, seed=0)"),
@@ -41,7 +41,8 @@ def test_rules_train_and_checkpoint_the_feedback(tmp_path, method, model, descri
     res = train(_cfg(tmp_path, "run", method, **sections))
     assert res.summary["method"] == describe
     sd = load_file(str(latest_checkpoint(res.run_dir / "checkpoints") / "model.safetensors"))
-    keys = [k for k in sd if "feedback" in k.split(".")[-1] or k.startswith("credit.")]
+    keys = [k for k in sd if ("feedback" in k.split(".")[-1] or k.startswith("credit."))
+            and not k.split(".")[-1].startswith("scale_")]  # match_branch's factors are not matrices
     assert keys or method["name"] == "usf"
     # the saved matrices are the ones regenerated from (seed, name): rebuild the model and verify
     from tractable.models import create_model
@@ -133,6 +134,8 @@ DDP_METHODS = {  # name: (method, model)
     "fa_unused": ({"name": "fa", "find_unused_parameters": True}, None),
     "dfa_resmlp": ({"name": "dfa", "placement": "post_ln", "find_unused_parameters": True}, RESMLP),
     "fa_block_resmlp": ({"name": "fa", "granularity": "block"}, RESMLP),
+    "brsf": ({"name": "brsf"}, None),  # R redrawn by the layers: the same sequence on both ranks
+    "dfa_cnn1d": ({"name": "dfa"}, {"name": "cnn1d", "kwargs": {"channels": 4}}),  # full maps drawn lazily
 }
 
 
@@ -194,3 +197,47 @@ def test_sigkill_and_resume_is_bitwise_for_dfa(tmp_path):
         config_from_dict(tiny_dict(tmp_path, "run", method=method, resume=True, **sections)), wait_s=60, timeout=120)
     assert last_run.name == "step_00000030"
     assert "credit.B_0" in assert_same_checkpoint(last_ref, last_run)
+
+
+@pytest.mark.parametrize("method", [{"name": "fa", "align_every": 2}, {"name": "dfa", "align_every": 2},
+                                    {"name": "kp", "align_every": 2, "decay": 0.01}])
+def test_alignment_is_logged_and_plotted(tmp_path, method):
+    import json
+
+    from tractable.train import plot_run
+
+    res = train(_cfg(tmp_path, "align", method, train={"epochs": 1, "progress": False, "plots": False,
+                                                         "tensorboard": False, "log_every": 2}))
+    recs = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = {k for r in recs for k in r if k.startswith("align/")}
+    assert any(k.endswith("/grad_angle") for k in keys)
+    if method["name"] != "dfa":
+        assert any(k.endswith("/wb_angle") for k in keys) and any(k.endswith("/norm_ratio") for k in keys)
+    angles = [v for r in recs for k, v in r.items() if k.endswith("/grad_angle")]
+    assert all(0.0 <= a <= 180.0 for a in angles)
+    assert any(p.name == "align.png" for p in plot_run(res.run_dir))
+
+
+def test_kp_runner_gives_w_and_b_weight_decay(tmp_path):
+    with pytest.warns(UserWarning, match="KP layers' W and B use weight decay"):
+        res = train(_cfg(tmp_path, "kp0", {"name": "kp"}, train={"epochs": 1, "progress": False, "plots": False,
+                                                                  "tensorboard": False}))
+    group = next(g for g in res.trainer.optimizer.param_groups if g.get("kp_group")) if hasattr(res, "trainer") \
+        else None
+    if group is not None:
+        assert group["weight_decay"] == 1e-3
+    with pytest.raises(ConfigError, match="method.decay"):
+        _cfg(tmp_path, "kpbad", {"name": "kp", "decay": -1.0})
+
+
+def test_dfa_with_lazily_drawn_feedback_under_ema_and_resume(tmp_path):
+    """Full conv feedback is drawn at the first forward: the EMA copy and a resumed run pick it up."""
+    model = {"name": "cnn1d", "kwargs": {"channels": 4}}
+    sections = {"model": model, "train": {"epochs": 2, "ema": 0.9, "progress": False, "plots": False,
+                                          "tensorboard": False}}
+    res = train(_cfg(tmp_path, "lazy", {"name": "dfa"}, **sections))
+    sd = load_file(str(latest_checkpoint(res.run_dir / "checkpoints") / "model.safetensors"))
+    assert sd["credit.B_1"].shape[1] > 0
+    again = train(config_from_dict(tiny_dict(tmp_path, "lazy", method={"name": "dfa"}, resume=True,
+                                             **dict(sections, train=dict(sections["train"], epochs=3)))))
+    assert again.summary["steps"] > res.summary["steps"]

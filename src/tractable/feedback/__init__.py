@@ -7,14 +7,20 @@ backward. Row-vector convention: a Linear is y = x Wᵀ, backpropagation sends g
 * **Layer-level FA** (Lillicrap et al. 2016): g_x = g B with a fixed random B of W's shape; g_W = gᵀx exact.
   ``FALinear``, ``FAConv1d/2d/3d``, or ``convert(model, "fa")`` for every Linear/Conv in place.
 * **Sign symmetry** (Liao et al. 2016; Xiao et al. 2018): ``usf`` B = s·sign(W), ``frsf`` |R|⊙sign(W) with R
-  fixed, ``brsf`` with R redrawn every step (:func:`resample_`). **Kolen-Pollack** (Akrout et al. 2019):
-  ``kp``, B learned with W's gradient, so W − B decays under weight decay.
+  fixed, ``brsf`` with R redrawn by the layer once per optimizer step (no call needed; :func:`resample_` for
+  explicit control). **Kolen-Pollack** (Akrout et al. 2019):
+  ``kp``, B learned with W's gradient, so W − B decays under weight decay (:func:`check_kp_decay` warns when
+  the optimizer gives B none).
 * **Block-level FA** (``convert(model, "fa", granularity="block")``): on a residual stream
   h_{l+1} = h_l + f_l(h_l), the block's Jacobian is replaced by B_l ∈ ℝ^{d×d} while the identity path stays
   exact: the signal at h_l is g_{l+1} + g_{l+1} B_l; each block is trained by BP from its output signal.
 * **DFA** (Nøkland 2016, ``convert(model, "dfa")``): one output hub carries the *true* e = ∂L/∂logits (any loss,
   its reduction included) to every feedback point k as a_k = e B_k, B_k ∈ ℝ^{C×D_k}; the stream is detached, so
-  block l is trained by a_{l+1} alone and the head by exact BP.
+  block l is trained by a_{l+1} alone and the head by exact BP. Works on any feed-forward model: protocol models
+  (:mod:`.stream`), plain chains such as an ``nn.Sequential`` LeNet (full C·H·W feedback on feature maps) and
+  the outputs of marked modules (``points=[...]`` or the model's ``dfa_points``; the registry's CNNs, ViTs and
+  CRATE declare theirs), see :mod:`.chain`. Default B_k ~ N(0, 0.01/D_k) so that ‖a_k‖ ≈ 0.1‖e‖: a scale
+  that trains under plain SGD with momentum (:mod:`.options` says why).
 
 Feedback matrices are persistent buffers drawn eagerly on the CPU from a generator seeded by (seed, CRC32 of
 the layer/point name): identical on every device and DDP rank, saved in the ``state_dict``, regenerable
@@ -48,6 +54,7 @@ from tractable.feedback.layers import (
     FALayer,
     FALinear,
     fa_layers,
+    check_kp_decay,
     is_fa_layer,
     resample_,
 )
@@ -60,7 +67,7 @@ __all__ = [
     "convert", "is_converted", "feedback_options", "is_protocol_model", "is_chain", "METHODS",
     "FeedbackOptions", "resolve_options",
     # layers and modules
-    "FALinear", "FAConv1d", "FAConv2d", "FAConv3d", "FALayer", "fa_layers", "is_fa_layer", "resample_",
+    "FALinear", "FAConv1d", "FAConv2d", "FAConv3d", "FALayer", "fa_layers", "is_fa_layer", "resample_", "check_kp_decay",
     "StreamCredit", "ChainDFA",
     # autograd Functions
     "FALinearFn", "FAConvFn", "FABridge", "DFAHub", "NormGrad",

@@ -10,8 +10,10 @@
   (such weights keep exact BP).
 * ``fa`` with ``granularity="block"``: block-level FA on a model with the credit protocol
   (:mod:`tractable.feedback.stream`).
-* ``dfa``: DFA through the output hub, on a protocol model (points = embed output and block outputs) or on a
-  plain chain such as an MLP (points = hidden activations, :mod:`tractable.feedback.chain`).
+* ``dfa``: DFA through the output hub, on a protocol model (points = embed output and block outputs), on the
+  outputs of named modules (``points=[...]``, or the model's ``dfa_points``: the registry's CNNs, ViTs and
+  CRATE declare their block outputs), or on a plain chain such as an MLP or LeNet (points = hidden
+  activations); see :mod:`tractable.feedback.chain`.
 
 The model's parameter names are unchanged (checkpoints of the converted model load with ``strict=True``);
 the feedback matrices are added as buffers (``<layer>.feedback``, ``credit.B_<k>``), so a plain model's
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from tractable.feedback.chain import attach as attach_chain, is_chain
+from tractable.feedback.chain import attach as attach_chain, is_chain, marked_points
 from tractable.feedback.layers import SUPPORTED, FALayer, make_fa
 from tractable.feedback.options import FeedbackOptions, resolve_options
 from tractable.feedback.stream import StreamCredit
@@ -81,16 +83,22 @@ def _attach_credit(model: nn.Module, opts: FeedbackOptions) -> None:
     if "credit" in model._modules and model._modules["credit"] is not None:
         raise ValueError(f"convert: {type(model).__name__} already has a 'credit' submodule")
     if is_protocol_model(model):
+        if opts.points:
+            raise ValueError(f"convert: {type(model).__name__} has the credit protocol, whose feedback points are "
+                             "its embed and block outputs (feedback_points()); points=[...] is for other models")
         model.credit = StreamCredit(model, opts)
         return
-    if opts.kind == "dfa" and is_chain(model):
-        if opts.placement != "pre_ln":
-            raise ValueError("DFA on a plain chain puts the points after the hidden activations; "
-                             f"placement={opts.placement!r} needs a model with the credit protocol")
-        attach_chain(model, opts)
-        return
+    if opts.kind == "dfa":
+        points = opts.points or marked_points(model)
+        if points or is_chain(model):
+            if opts.placement != "pre_ln":
+                raise ValueError("DFA through hooks (a chain or marked points) sends the signal to the point "
+                                 f"itself; placement={opts.placement!r} needs a model with the credit protocol")
+            attach_chain(model, opts, points or None)
+            return
     missing = [a for a in _PROTOCOL if not hasattr(model, a)]
-    hint = " or a plain chain (nn.Sequential of Linear/Conv and activations, or a class with feedback_chain = True)" \
+    hint = (" or, for DFA, feedback points: points=[module names] (or a dfa_points attribute on the model), or a "
+            "plain chain (nn.Sequential of Linear/Conv and activations, or a class with feedback_chain = True)") \
         if opts.kind == "dfa" else ""
     raise ValueError(f"convert(method={opts.method!r}): {what} needs feedback points: a model with the credit "
                      f"protocol (embed, blocks, readout, head, feedback_points(); see tractable.models.credit){hint}. "

@@ -8,9 +8,14 @@ B of the weight's shape instead of W (:class:`~tractable.feedback.functions.FALi
 * ``fa`` — B fixed, drawn once (``feedback_init``, default the layer's own Kaiming-uniform init U(±1/√fan_in));
 * ``usf`` — B = s·sign(W) with s = RMS(W), from the current W at every forward;
 * ``frsf`` — B = |R| ⊙ sign(W), R drawn once;
-* ``brsf`` — B = |R_t| ⊙ sign(W), R_t redrawn at every step t from (seed, name, t) by :func:`resample_`;
+* ``brsf`` — B = |R_t| ⊙ sign(W), R_t redrawn at every training step t from (seed, name, t) **by the layer
+  itself**: the counter ``feedback_step`` advances at the first training forward after W has changed in place
+  (an optimizer step) and R has been used by a backward — so once per optimizer step, never between the
+  micro-batches of one step, the same on every DDP rank, and restored with the checkpoint (a resumed run draws
+  what the uninterrupted one would). :func:`resample_` sets the counter explicitly;
 * ``kp`` (Kolen-Pollack) — B is an ``nn.Parameter`` whose gradient is W's gradient, so one optimizer applies
-  the same update and weight decay to both and W − B decays.
+  the same update and weight decay to both and W − B decays — *only* with weight decay > 0 on both:
+  :func:`check_kp_decay` (optimizer, model) warns otherwise.
 
 The swap keeps the module object, its Parameters (names, identity), hooks and attributes: only the class
 changes (to :class:`FALinear` etc. for the plain classes, to a cached ``FA<Class>`` subclass for subclasses
@@ -18,11 +23,10 @@ such as TrAct layers). The matrix is the buffer ``<layer>.feedback`` (a Paramete
 ``<layer>.feedback_step``. Feedback is injected only while ``layer.training and torch.is_grad_enabled()`` and not
 inside :func:`tractable.feedback.bp_mode`; otherwise the layer is bitwise the plain layer.
 
-Composition with TrAct: converting a layer that already is a TrAct layer keeps TrAct's weight gradient
-(the FA Function's exact g_W goes through TrAct's preconditioner) and adds FA's input gradient. Apply TrAct
-*before* :func:`tractable.feedback.convert`: ``TrAct`` applied afterwards to an FA ``Linear`` substitutes its
-own forward, which uses W for the input gradient (harmless only for a first layer, whose input needs no
-gradient).
+Composition with TrAct, in either order: the layer's forward (FA's) routes the weight through TrAct's
+``_tract_weight`` when the layer is also a TrAct layer, so TrAct preconditions FA's exact weight gradient
+g_W = gᵀx and FA's input gradient g B is kept: ``TrAct(convert(...)-ed layer)`` and ``convert(TrAct-ed model)``
+give the same gradients, never plain backpropagation.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from tractable.feedback.banks import draw
 from tractable.feedback.functions import FAConvFn, FALinearFn
 
 __all__ = ["FALayer", "FALinear", "FAConv1d", "FAConv2d", "FAConv3d", "is_fa_layer", "fa_layers", "resample_",
-           "make_fa", "SUPPORTED"]
+           "make_fa", "check_kp_decay", "SUPPORTED"]
 
 SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _LAYER_METHODS = ("fa", "usf", "frsf", "brsf", "kp")
@@ -67,6 +71,27 @@ class FALayer:
             self.register_buffer("feedback", self._fa_draw(0).to(device=w.device, dtype=w.dtype), persistent=True)
             self.register_buffer("feedback_step", torch.zeros((), dtype=torch.int64, device=w.device),
                                  persistent=True)
+            self._brsf_seen = w._version  # W's in-place version when R was drawn
+            self._brsf_used = False  # R went through a backward since it was drawn
+
+    def _brsf_advance(self) -> None:
+        """brSF: redraw R when W was updated in place since the draw and R was used by a backward."""
+        w = self.weight
+        if w._version != self._brsf_seen and self._brsf_used:
+            with torch.no_grad():
+                step = int(self.feedback_step) + 1
+                self.feedback.copy_(self._fa_draw(step))
+                self.feedback_step.fill_(step)
+        self._brsf_seen = w._version
+        self._brsf_used = False
+
+    def _brsf_mark_used(self, out: torch.Tensor) -> torch.Tensor:
+        if out.requires_grad:
+            out.register_hook(self._brsf_on_backward)
+        return out
+
+    def _brsf_on_backward(self, grad):
+        self._brsf_used = True
 
     def _fa_draw(self, step: int = 0) -> torch.Tensor:
         w = self.weight
@@ -118,6 +143,8 @@ class FALayer:
                               "comes from a different model")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if self.fa_method == "brsf":  # checkpoints are written after a step: R was used, W has changed
+            self._brsf_used = True
 
     def __reduce_ex__(self, protocol):
         reduced = object.__reduce_ex__(self, max(int(protocol), 2))
@@ -130,8 +157,11 @@ class FALayer:
 def _linear_forward(self, input: torch.Tensor) -> torch.Tensor:
     if not self._fa_active():
         return self._fa_base.forward(self, input)
+    if self.fa_method == "brsf":
+        self._brsf_advance()
     weight = self._fa_weight(self.weight, input)
-    return FALinearFn.apply(input, weight, self.bias, self.feedback_matrix(), self.fa_method == "kp")
+    out = FALinearFn.apply(input, weight, self.bias, self.feedback_matrix(), self.fa_method == "kp")
+    return self._brsf_mark_used(out) if self.fa_method == "brsf" else out
 
 
 def _explicit_padding(self, input: torch.Tensor):
@@ -158,10 +188,13 @@ def _explicit_padding(self, input: torch.Tensor):
 def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     if not self._fa_active():
         return self._fa_base._conv_forward(self, input, weight, bias)
+    if self.fa_method == "brsf":
+        self._brsf_advance()
     weight = self._fa_weight(weight, input)
     x, padding = _explicit_padding(self, input)
-    return FAConvFn.apply(x, weight, bias, self.feedback_matrix(), self.stride, padding, self.dilation, self.groups,
-                          self.fa_method == "kp")
+    out = FAConvFn.apply(x, weight, bias, self.feedback_matrix(), self.stride, padding, self.dilation, self.groups,
+                         self.fa_method == "kp")
+    return self._brsf_mark_used(out) if self.fa_method == "brsf" else out
 
 
 class FALinear(FALayer, nn.Linear):
@@ -257,10 +290,10 @@ def fa_layers(model: nn.Module):
 
 @torch.no_grad()
 def resample_(model: nn.Module, step: int) -> int:
-    """brSF: redraw every ``brsf`` layer's R from (seed, name, ``step``); returns the number of layers.
+    """brSF: redraw every ``brsf`` layer's R from (seed, name, ``step``) now; returns the number of layers.
 
-    Call once per optimizer step (the runner does it before each step); the draw depends only on the step, so
-    all DDP ranks and a resumed run agree.
+    Not needed in a training loop (the layers redraw by themselves once per optimizer step); for explicit
+    control, e.g. to pin R to a step number. The counter then continues from ``step``.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"resample_: step must be a non-negative int, got {step!r}")
@@ -269,5 +302,37 @@ def resample_(model: nn.Module, step: int) -> int:
         if m.fa_method == "brsf":
             m.feedback.copy_(m._fa_draw(step))
             m.feedback_step.fill_(step)
+            m._brsf_seen, m._brsf_used = m.weight._version, False
             n += 1
     return n
+
+
+def check_kp_decay(optimizer: torch.optim.Optimizer, model: nn.Module, *, warn: bool = True) -> list:
+    """Kolen-Pollack needs weight decay on B *and* W, the same for both: only then does W − B shrink
+    (ΔW − ΔB = −lr·λ·(W − B), Akrout et al. 2019); without it W − B stays what it was at initialisation and B
+    never aligns. Returns the problems found (and warns, unless ``warn=False``): a KP layer whose B is not in
+    the optimizer, gets no weight decay, or a decay different from its W's."""
+    import warnings
+
+    groups = {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            groups[id(p)] = g
+    problems = []
+    for name, m in fa_layers(model):
+        if m.fa_method != "kp":
+            continue
+        gb, gw = groups.get(id(m.feedback)), groups.get(id(m.weight))
+        if gb is None:
+            problems.append(f"{name}.feedback is not in the optimizer (create it after convert)")
+            continue
+        wd = float(gb.get("weight_decay", 0.0))
+        if wd == 0.0:
+            problems.append(f"{name}.feedback has weight_decay 0, so W − B stays constant and B does not align "
+                            "(give W and B the same weight decay > 0)")
+        elif gw is not None and float(gw.get("weight_decay", 0.0)) != wd:
+            problems.append(f"{name}: weight and feedback have different weight decay "
+                            f"({gw.get('weight_decay')} vs {wd}); W − B then does not simply decay")
+    if problems and warn:
+        warnings.warn("Kolen-Pollack: " + "; ".join(problems), stacklevel=2)
+    return problems

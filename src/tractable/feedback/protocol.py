@@ -28,10 +28,16 @@ D3 — depth utility (fires when the trained blocks do not beat a baseline by ``
     embed and head trained by BP).
     corrected: accuracy on the whole ``eval_data`` minus the **method-matched** frozen baseline
     (``baselines["frozen_matched"]``: blocks at init, everything else trained by the same method), averaged over
-    seeds (``seed_accs``, paired with the baseline's seeds). The interval is the wider of a percentile
-    bootstrap over seeds and the Wilson interval of the pooled accuracies (``eval_data`` size per run). Fires
-    if the interval lies below the margin, passes if it lies above it with at least ``min_seeds`` (3) seeds,
-    and is INCONCLUSIVE otherwise. ``shallow`` and ``head_only`` baselines are listed too.
+    seeds (``seed_accs``, paired with the baseline's seeds). The interval is the paired Student-t interval of
+    the per-seed differences: method and baseline are scored on the same test set, so pairing by seed is what
+    the design allows (pooling one test set over seeds as if its samples were independent would shrink the
+    interval by √seeds without new evidence); with a single run it is the Wilson interval of that run's
+    difference. Fires if the interval lies below the margin, passes if it lies above it with at least
+    ``min_seeds`` (3) seeds, and is INCONCLUSIVE otherwise. **The cheap baselines bind too**: the same paired
+    difference is computed against ``frozen_seed`` (BP's frozen blocks), ``shallow`` and ``head_only``; if the
+    method lies below any of them with an interval below 0, D3 fires; if it lies below one on average, D3 cannot
+    pass (INCONCLUSIVE at best). A method whose blocks do worse than training the head alone has no depth
+    utility, whatever its matched baseline says.
 
 Verdicts (both rules, both definitions, always computed): ``any`` — FAIL if any diagnostic fires (what the
 original code does); ``readme`` — FAIL if (D1 and D2) or D3 (what the original README states). Without a D3
@@ -128,14 +134,15 @@ class FAProtocol:
         seed_samples, diag_samples: evaluation inputs used by the seed-compatible and corrected D1/D2.
         min_seeds: seeds needed before a corrected D3 can pass.
         cos_floor: the corrected D2's bound on cos(dtype reference, float64 reference).
-        rho_directions: directions for ρ_k (0 skips ρ and nudging); ``rho_samples`` inputs are used for them.
+        rho_directions: directions for ρ_k per sample (default 32, the protocol's M; 0 skips ρ and nudging);
+            ``rho_samples`` inputs are used for them.
         batch_size: evaluation batch for the accuracy; ``device``: where to evaluate (default: the model's).
     """
 
     def __init__(self, model: nn.Module, eval_data, *, loss_fn: Optional[Callable] = None,
                  d1_threshold: float = 50.0, d2_floor: float = 1e-7, d3_margin: float = 0.02,
                  verdict_rule: str = "readme", seed_samples: int = 128, diag_samples: int = 1024,
-                 min_seeds: int = 3, cos_floor: float = 0.999, rho_directions: int = 8, rho_samples: int = 256,
+                 min_seeds: int = 3, cos_floor: float = 0.999, rho_directions: int = 32, rho_samples: int = 256,
                  batch_size: int = 512, device: Optional[Union[str, torch.device]] = None, seed: int = 0):
         model = getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
         M._check_model(model)
@@ -382,8 +389,8 @@ def _depth(acc: float, n_test: int, base: Dict[str, Optional[List[float]]], seed
     for name in ("frozen_seed", "shallow", "head_only"):
         if base.get(name) is not None:
             b = base[name]
-            others[name] = {"acc_mean": sum(b) / len(b), "margin": sum(accs) / len(accs) - sum(b) / len(b),
-                            "n_seeds": len(b)}
+            m, lo, hi = _paired_interval(accs, b, n_test)
+            others[name] = {"acc_mean": sum(b) / len(b), "margin": m, "ci": [lo, hi], "n_seeds": len(b)}
     matched = base.get("frozen_matched")
     cor: Dict[str, Any] = {"method_accs": accs, "n_seeds": len(accs), "margin_threshold": margin,
                            "other_baselines": others, "n_test": n_test,
@@ -392,21 +399,13 @@ def _depth(acc: float, n_test: int, base: Dict[str, Optional[List[float]]], seed
         cor.update({"status": None, "fires": None, "frozen_matched_accs": None, "margin": None, "ci": None,
                     "note": "no method-matched frozen baseline: D3 not evaluated (verdict INCOMPLETE)"})
         return d3_seed, cor
-    if len(matched) == 1:
-        diffs = [a - matched[0] for a in accs]
-    elif len(matched) == len(accs):
-        diffs = [a - b for a, b in zip(accs, matched)]
-    else:
+    if len(matched) not in (1, len(accs)):
         raise ValueError(f"FAProtocol: baselines['frozen_matched'] has {len(matched)} seeds and the method "
                          f"{len(accs)}; give one value or one per seed (paired)")
-    mean = sum(diffs) / len(diffs)
+    diffs = [a - (matched[0] if len(matched) == 1 else b) for a, b in zip(accs, matched * len(accs))]
+    mean, lo, hi = _paired_interval(accs, matched, n_test)
+    ci = (lo, hi)
     boot = M.bootstrap_mean_ci(diffs, seed=seed)
-    # Wilson intervals of the pooled accuracies (n_test per run) bound the test-set sampling error
-    acc_mean, base_mean = sum(accs) / len(accs), sum(matched) / len(matched)
-    wa = M.wilson_interval(int(round(acc_mean * n_test * len(accs))), n_test * len(accs))
-    wb = M.wilson_interval(int(round(base_mean * n_test * len(matched))), n_test * len(matched))
-    wil = (wa[0] - wb[1], wa[1] - wb[0])
-    ci = (min(boot[0], wil[0]), max(boot[1], wil[1]))
     if ci[1] < margin:
         status = "fires"
     elif ci[0] >= margin and len(accs) >= min_seeds:
@@ -417,9 +416,41 @@ def _depth(acc: float, n_test: int, base: Dict[str, Optional[List[float]]], seed
             "passes": "the interval lies above the margin",
             "inconclusive": ("the interval straddles the margin" if ci[0] < margin else
                              f"fewer than {min_seeds} seeds")}[status]
+    below = {k: v for k, v in others.items() if v["margin"] < 0}
+    if below:
+        sure = [k for k, v in below.items() if v["ci"][1] < 0]
+        if sure:
+            status, note = "fires", f"below the cheap baseline(s) {', '.join(sure)} (interval below 0)"
+        elif status == "passes":
+            status, note = "inconclusive", f"below the cheap baseline(s) {', '.join(below)} on average"
     cor.update({"status": status, "fires": status == "fires", "frozen_matched_accs": matched, "margin": mean,
-                "diffs": diffs, "ci": list(ci), "ci_bootstrap": list(boot), "ci_wilson": list(wil), "note": note})
+                "diffs": diffs, "ci": list(ci), "ci_bootstrap": list(boot), "note": note,
+                "interval": "paired t over seeds" if len(accs) > 1 else "Wilson, one run"})
     return d3_seed, cor
+
+
+# two-sided 95 % Student t quantiles by degrees of freedom (larger: 1.96)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def _paired_interval(accs: Sequence[float], base: Sequence[float], n_test: int) -> Tuple[float, float, float]:
+    """(mean, low, high) of acc − base: the paired 95 % t-interval over seeds (a single baseline value is used
+    for every seed); with one method run, the difference of that run's and the baseline's Wilson intervals."""
+    base = list(base)
+    diffs = [a - (base[0] if len(base) == 1 else b) for a, b in zip(accs, base * len(accs))]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n == 1:
+        wa = M.wilson_interval(int(round(accs[0] * n_test)), n_test)
+        bm = sum(base) / len(base)
+        wb = M.wilson_interval(int(round(bm * n_test)), n_test)
+        return mean, wa[0] - wb[1], wa[1] - wb[0]
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    df = n - 1
+    t = _T95.get(df) or next((v for k, v in sorted(_T95.items(), reverse=True) if k <= df), 1.96)
+    half = t * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def format_report(r: Mapping[str, Any]) -> str:

@@ -101,9 +101,8 @@ class StreamCredit(FeedbackModule):
                     self.sources.append("B_1")
                     continue
                 self.sources.append(f"B_{k}")
-                fan = C if opts.feedback_init == "normal" else p.dim
-                self.register_feedback(f"B_{k}", (C,) + D, f"point.{k}", opts.feedback_init, fan, device,
-                                       dtype)
+                init, fan = _dfa_init(opts.feedback_init, C, p.dim, int(math.prod(D)))
+                self.register_feedback(f"B_{k}", (C,) + D, f"point.{k}", init, fan, device, dtype)
             if opts.share_b0 and len(points) > 1:
                 p0, p1 = points[0], points[1]
                 if self._dfa_shape(p0)[1] != self._dfa_shape(p1)[1]:
@@ -183,6 +182,14 @@ class StreamCredit(FeedbackModule):
         head_B = self._buffers.get("B_head")
         logits = DFAHub.apply(logits, spec, o.normalize, head_B, *points)
         return (logits, hiddens) if return_hidden else logits
+
+
+def _dfa_init(init: str, C: int, dim: int, D: int) -> Tuple[str, int]:
+    """(draw init, fan) of a DFA matrix: ``readout`` N(0, s²/D) with D the point's values per sample;
+    ``normal`` N(0, s²/C) (the reference code); ``uniform_dim`` U(±s)/√d (TinyDFA)."""
+    if init == "readout":
+        return "normal", D
+    return init, (C if init == "normal" else dim)
 
 
 def branch_jacobian_scale(block: nn.Module, point, seed: int, l: int, samples: int = 8) -> float:

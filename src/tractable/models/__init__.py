@@ -14,6 +14,7 @@ from tractable.models.first_layer import FALLBACK_PATHS, WEIGHT_LAYERS, first_la
 # Family modules register their builders on import.
 from tractable.models import crate as _crate, crate_mae as _crate_mae  # noqa: F401  (CRATE family)
 from tractable.models import resnet20 as _resnet20  # noqa: F401  (subspace family: resnet20_cifar)
+from tractable.models import lenet as _lenet  # noqa: F401  (feedback family: lenet)
 from tractable.models import dit as _dit, unet as _unet  # noqa: F401  (diffusion family: dit_*, mdit_*, unet_*)
 from tractable.models.resnet_cifar import BasicBlock, Bottleneck, CifarResNet
 from tractable.models.resnet_small import GELUBasicBlock, SmallResNet

@@ -403,6 +403,12 @@ class CRATE(nn.Module):
             feat = z[:, 1:].mean(dim=1)
         return self.mlp_head(self.to_latent(feat))
 
+    @property
+    def dfa_points(self):
+        """DFA feedback points (module outputs): the patch embedding and every layer's ISTA output Z^{ℓ+1}."""
+        return ("to_patch_embedding",) + tuple(f"transformer.layers.{i}.1"
+                                               for i in range(len(self.transformer.layers)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.transformer(self.embed(x)))
 

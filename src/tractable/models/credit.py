@@ -29,7 +29,8 @@ only changes what flows backward). :func:`bp_mode` switches every module that de
 attribute (this class does; so may feedback layers) to plain backpropagation for the duration of a ``with``
 block, so that diagnostics take the BP reference by autograd on the model's own forward.
 
-Baselines: ``depth=0`` is the shallow model (embed → readout → head); ``freeze="blocks"`` keeps the blocks at
+Baselines: ``depth=0`` is the shallow model (embed → readout → head; the ViT's reads out the mean token, since
+its CLS token alone does not depend on the input without blocks); ``freeze="blocks"`` keeps the blocks at
 their initialisation (``requires_grad=False``, BatchNorm in eval mode whatever ``train()`` says) and
 ``freeze="embed_blocks"`` also freezes the embedding (only the head learns: the head-only baseline).
 
@@ -125,9 +126,10 @@ def is_credit_model(model) -> bool:
 
 
 class Readout(nn.Module):
-    """h_L → z: ``identity`` (vectors), ``cls`` (token 0 of (N, T, d)) or ``mean_pool`` (mean over H, W of maps)."""
+    """h_L → z: ``identity`` (vectors), ``cls`` (token 0 of (N, T, d)), ``mean_pool`` (mean over H, W of maps) or
+    ``token_mean`` (mean over the tokens of (N, T, d))."""
 
-    KINDS = ("identity", "cls", "mean_pool")
+    KINDS = ("identity", "cls", "mean_pool", "token_mean")
 
     def __init__(self, kind: str):
         super().__init__()
@@ -140,6 +142,8 @@ class Readout(nn.Module):
             return h[:, 0]
         if self.kind == "mean_pool":
             return h.mean(dim=(-2, -1))
+        if self.kind == "token_mean":
+            return h.mean(dim=1)
         return h
 
     def extra_repr(self) -> str:
@@ -379,7 +383,9 @@ class ViTMini(CreditModel):
         self.point_shape = (self.embed.num_tokens, dim)
         self.blocks = nn.ModuleList(ViTMiniBlock(dim, heads, max(1, int(round(dim * mlp_ratio))))
                                     for _ in range(depth))
-        self.readout = Readout("cls")
+        # without blocks the CLS token never meets the patches (its logits would not depend on the input):
+        # the shallow model reads out the mean token instead
+        self.readout = Readout("cls" if depth > 0 else "token_mean")
         self.head = ClassifierHead(dim, num_classes, norm=True)
         self._finish_init(freeze)
 

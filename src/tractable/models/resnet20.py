@@ -58,6 +58,11 @@ class CifarResNet20(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
 
+    @property
+    def dfa_points(self):
+        """DFA feedback points (module outputs): the stem's BatchNorm and every block."""
+        return ("bn1",) + tuple(f"layers.{i}" for i in range(len(self.layers)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

@@ -53,6 +53,11 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
 
+    @property
+    def dfa_points(self):
+        """DFA feedback points (module outputs): the ReLU ending every conv block."""
+        return ("relu",) + tuple(f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.ReLU))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.relu(self.bn1(self.conv1(x))))
         return self.fc(torch.flatten(self.pool(x), 1))
@@ -96,6 +101,7 @@ class CNN1d(nn.Module):
     """Three stride-2 Conv1d-ReLU layers (``conv1``, ``conv2``, ``conv3``) → flatten → ``fc``."""
 
     tract_layer = "conv1"
+    feedback_chain = True  # DFA's feedback points: the inputs of conv2, conv3 and fc
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 1, input_size: int = 40, channels: int = 32):
         super().__init__()

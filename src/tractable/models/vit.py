@@ -216,6 +216,11 @@ class CifarViT(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, num_classes)
 
+    @property
+    def dfa_points(self):
+        """DFA feedback points (module outputs): the patch embedding and every block."""
+        return ("emb",) + tuple(f"blocks.{i}" for i in range(len(self.blocks)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
@@ -272,6 +277,11 @@ class OpenViT(nn.Module):
             self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.GELU(), nn.Linear(head_hidden, num_classes))
         else:
             self.head = nn.Linear(hidden, num_classes)
+
+    @property
+    def dfa_points(self):
+        """DFA feedback points (module outputs): the patch embedding and every block."""
+        return ("patch_embed",) + tuple(f"blocks.{i}" for i in range(len(self.blocks)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x) + self.pos_embed

@@ -4,7 +4,10 @@ The layer object is kept (its Parameters, hooks, attributes, ``state_dict`` keys
 only its class is swapped to a cached subclass of its *own* class that routes the weight through
 :class:`tractable.tract.function.TrActWeight`. For Linear that subclass overrides ``forward``; for convs only
 ``_conv_forward``, so a user subclass that transforms the weight before the conv (weight standardisation, …)
-keeps its forward and TrAct acts on the weight the conv receives. :func:`remove` swaps the class back.
+keeps its forward and TrAct acts on the weight the conv receives. :func:`remove` swaps the class back. A
+feedback-alignment layer (:mod:`tractable.feedback`) keeps its own forward, which asks TrAct for the weight it
+uses: TrAct then preconditions FA's weight gradient and FA's input gradient is kept, in either order of
+application.
 
 Differences from the paper and the official ``torch_tract`` (by design): ``TrAct`` returns the *same* module
 (assigning it back, ``model.conv1 = TrAct(model.conv1)``, is harmless); ``lambda_`` is accepted as an alias
@@ -222,7 +225,11 @@ def _tract_class(base: type) -> type:
     cls = _CLASSES.get(base)
     if cls is None:
         ns = {"__module__": __name__, "__qualname__": f"TrAct{base.__name__}", "_tract_base": base}
-        if issubclass(base, nn.Linear):
+        if hasattr(base, "_fa_weight"):
+            # a feedback-alignment layer (tractable.feedback): its own forward asks ``_tract_weight`` for the
+            # weight it uses, so TrAct preconditions FA's weight gradient and FA's input gradient is kept
+            pass
+        elif issubclass(base, nn.Linear):
             ns["forward"] = _linear_forward
         else:
             def _conv_forward(self, input, weight, bias):

@@ -39,7 +39,9 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         for e, m in self._pairs(model):
             m = m.detach()
-            if e.dtype.is_floating_point:
+            if e.shape != m.shape:  # a buffer materialised at the first forward (e.g. DFA's feedback on maps)
+                e.resize_(m.shape).copy_(m)
+            elif e.dtype.is_floating_point:
                 e.lerp_(m.to(e.dtype), 1.0 - self.decay)
             else:
                 e.copy_(m)

@@ -107,6 +107,36 @@ def plot_run(run_dir: PathLike) -> List[Path]:
         ax.set_ylabel("learning rate")
         ax.set_title(run_dir.name, fontsize=9)
         save(fig, "lr.png")
+    written += _plot_groups(records, run_dir, out_dir)
+    return written
+
+
+def _plot_groups(records, run_dir: Path, out_dir: Path) -> List[Path]:
+    """Step scalars named ``<group>/<item>/<quantity>`` (e.g. ``align/fc1/grad_angle``, logged by hooks): one
+    PNG per group, one panel per quantity, one line per item."""
+    groups: Dict[str, Dict[str, List[str]]] = {}
+    for r in records:
+        if r.get("kind") != "step":
+            continue
+        for k in r:
+            parts = k.split("/")
+            if len(parts) == 3:
+                groups.setdefault(parts[0], {}).setdefault(parts[2], [])
+                if k not in groups[parts[0]][parts[2]]:
+                    groups[parts[0]][parts[2]].append(k)
+    written = []
+    for group, quantities in sorted(groups.items()):
+        names = sorted(quantities)
+        fig, axes = new_figure((4.5 * len(names), 3.5), 1, len(names), squeeze=False)
+        for ax, q in zip(axes[0], names):
+            for key in quantities[q]:
+                xs, ys = _series(records, "step", "step", key)
+                ax.plot(xs, ys, lw=1, label=key.split("/")[1])
+            ax.set_xlabel("step")
+            ax.set_ylabel(q)
+            ax.set_title(f"{run_dir.name}: {group}", fontsize=8)
+            ax.legend(fontsize=6)
+        written.append(save_figure(fig, out_dir / f"{group}.png"))
     return written
 
 

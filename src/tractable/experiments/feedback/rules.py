@@ -10,13 +10,18 @@ choice under ``method.compat=seed``; ``describe()`` (the run summary's ``method`
   CPU from (seed, layer/point name), so every rank holds the same ones: at start-up the rule all-reduces a
   float64 checksum (MIN and MAX) and stops with a clear error if they differ. They are buffers of the model,
   so checkpoints carry them and a resumed run continues with the same ones.
+* ``method.align_every`` — every N steps (default 100; 0: off) log, per layer, the angle between the method's
+  weight gradient and BP's on the same batch, angle(W, B) and ‖B‖/‖W‖ (:mod:`.alignment`; ``tractable plot``
+  draws them).
 * ``method.find_unused_parameters`` — passed to ``DistributedDataParallel``; the methods work with either value
   (DFA's hub reaches every parameter through one autograd node, no nested backward). When the model's only
   buffers are feedback matrices, DDP's per-forward buffer broadcast is switched off (``broadcast_buffers=False``):
   they are identical on every rank by construction and by the start-up check, and re-sending them would double
   layer FA's communication. Models with other buffers (BatchNorm statistics) keep DDP's default.
-* brSF redraws its sign-magnitudes before every optimizer step from (seed, name, step): equal on all ranks and
-  after a resume.
+* brSF redraws its sign-magnitudes by itself once per optimizer step from (seed, name, step counter): equal on
+  all ranks and after a resume (the counter is a buffer in the checkpoint).
+* Feedback matrices whose size depends on the input (DFA on full feature maps) are drawn at the first training
+  forward; the rank check is repeated after the first step so that they are covered too.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from tractable.train.rules import LearningRule, register_rule
 
 __all__ = ["FARule", "DFARule", "USFRule", "FRSFRule", "BRSFRule", "KPRule"]
 
-_RUNNER_KEYS = ("seed", "find_unused_parameters")
+_RUNNER_KEYS = ("seed", "find_unused_parameters", "align_every", "decay")
 
 
 def _validate(method: str, opts) -> None:
@@ -42,6 +47,9 @@ def _validate(method: str, opts) -> None:
         resolve_options(method, 0, **_method_options(opts))
     except ValueError as e:
         raise ValueError(str(e).replace("feedback: ", "method.", 1)) from None
+    every = getattr(opts, "align_every", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(f"method.align_every: must be an int >= 0 (0: off), got {every!r}")
     if opts.seed is not None and (isinstance(opts.seed, bool) or opts.seed < 0):
         raise ValueError(f"method.seed: must be a non-negative int or null (the run's train.seed), got {opts.seed!r}")
 
@@ -56,13 +64,18 @@ def _method_options(opts) -> Dict[str, Any]:
     return out
 
 
-class _BRSFResample(Hook):
-    """brSF: redraw R from (seed, layer, step) before every optimizer step."""
+class _FirstStepCheck(Hook):
+    """Repeat the rank check after the first step (matrices drawn at the first forward are then present)."""
 
-    def before_step(self, trainer) -> None:
-        from tractable.feedback import resample_
+    def __init__(self):
+        self.done = False
 
-        resample_(trainer.model, int(trainer.step))
+    def after_step(self, trainer) -> None:
+        if not self.done:
+            from tractable.feedback import check_same_on_ranks
+
+            check_same_on_ranks(trainer.model)
+            self.done = True
 
 
 class _FeedbackRule(LearningRule):
@@ -98,7 +111,12 @@ class _FeedbackRule(LearningRule):
         return kw
 
     def hooks(self) -> List[Hook]:
-        return [_BRSFResample()] if self.method == "brsf" else []
+        from tractable.experiments.feedback.alignment import AlignmentHook
+
+        hooks: List[Hook] = [_FirstStepCheck()]
+        if self.opts.align_every:
+            hooks.append(AlignmentHook(int(self.opts.align_every)))
+        return hooks
 
     def describe(self) -> str:
         o = self.resolved
@@ -113,6 +131,8 @@ class _FeedbackRule(LearningRule):
         else:
             parts = [f"placement={o.placement}, normalize={o.normalize}, share_b0={o.share_b0}",
                      f"train_head={o.train_head}"]
+            if o.points:
+                parts.append(f"points={','.join(o.points)}")
         if o.feedback_scale != 1.0:
             parts.append(f"scale={o.feedback_scale:g}")
         if o.compat:
@@ -139,6 +159,7 @@ class FARule(_FeedbackRule):
         compat: Optional[Literal["seed"]] = None
         seed: Optional[int] = None
         find_unused_parameters: bool = False
+        align_every: int = 100  # log gradient/weight alignment with BP every N steps (0: off)
 
         def validate(self) -> None:
             _validate("fa", self)
@@ -153,6 +174,7 @@ def _layer_options(doc: str):
         allow_functional: List[str] = field(default_factory=list)
         seed: Optional[int] = None
         find_unused_parameters: bool = False
+        align_every: int = 100  # log gradient/weight alignment with BP every N steps (0: off)
 
     Options.__doc__ = doc
     return Options
@@ -191,15 +213,62 @@ class BRSFRule(_FeedbackRule):
             _validate("brsf", self)
 
 
+class _KPDecay(Hook):
+    """Kolen-Pollack: make sure W and B of every KP layer decay (see :class:`KPRule`)."""
+
+    def __init__(self, decay: Optional[float]):
+        self.decay = decay
+
+    def on_start(self, trainer) -> None:
+        import warnings
+
+        from tractable.feedback import check_kp_decay
+
+        group = next((g for g in trainer.optimizer.param_groups if g.get("kp_group")), None)
+        if group is not None and self.decay is None and float(group.get("weight_decay", 0.0)) == 0.0:
+            group["weight_decay"] = KP_DEFAULT_DECAY
+            if trainer.is_main:
+                warnings.warn(f"kp: optim.weight_decay is 0, which would leave W − B constant (no alignment); the "
+                              f"KP layers' W and B use weight decay {KP_DEFAULT_DECAY:g} (method.decay sets it)",
+                              stacklevel=2)
+        check_kp_decay(trainer.optimizer, trainer.model, warn=trainer.is_main)
+
+
+#: weight decay of the KP layers' W and B when neither method.decay nor optim.weight_decay gives one
+KP_DEFAULT_DECAY = 1e-3
+
+
 @register_rule("kp")
 class KPRule(_FeedbackRule):
-    """Kolen-Pollack (Akrout et al. 2019): B learned with W's gradient and weight decay, so W − B decays."""
+    """Kolen-Pollack (Akrout et al. 2019): B learned with W's gradient and weight decay, so W − B decays.
+
+    The KP layers' W and B form one optimizer group whose weight decay is ``method.decay``; ``None`` (default)
+    takes ``optim.weight_decay``, or 1e-3 when that is 0 (with a warning): without decay W − B never changes."""
 
     method = "kp"
 
+    @dataclass
     class Options(_layer_options("Kolen-Pollack options")):
+        decay: Optional[float] = None  # weight decay of the KP layers' W and B (None: optim's, or 1e-3 if 0)
+
         def validate(self) -> None:
             _validate("kp", self)
+            if self.decay is not None and (isinstance(self.decay, bool) or not self.decay >= 0):
+                raise ValueError(f"method.decay: must be a number >= 0 or null, got {self.decay!r}")
+
+    def param_groups(self, model: nn.Module):
+        import tractable.feedback as fb
+
+        kp = [p for _, m in fb.fa_layers(model) if m.fa_method == "kp" for p in (m.weight, m.feedback)]
+        ids = {id(p) for p in kp}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        group = {"params": kp, "kp_group": True}
+        if self.opts.decay is not None:
+            group["weight_decay"] = float(self.opts.decay)
+        return ([{"params": rest}] if rest else []) + [group]
+
+    def hooks(self) -> List[Hook]:
+        return super().hooks() + [_KPDecay(self.opts.decay)]
 
 
 @register_rule("dfa")
@@ -213,14 +282,16 @@ class DFARule(_FeedbackRule):
         placement: Optional[Literal["pre_ln", "post_ln"]] = None  # None: pre_ln
         normalize: Optional[Literal["none", "rms_per_sample", "dim"]] = None  # None: none (compat=seed: rms)
         share_b0: Optional[bool] = None  # None: False (compat=seed: True)
-        feedback_init: Optional[Literal["normal", "uniform_dim"]] = None  # None: normal N(0, s²/C)
-        feedback_scale: float = 1.0
+        feedback_init: Optional[Literal["readout", "normal", "uniform_dim"]] = None  # None: readout N(0, s²/D_k)
+        feedback_scale: Optional[float] = None  # None: 0.1 for readout (compat=seed: 1.0)
+        points: List[str] = field(default_factory=list)  # module names whose outputs are the feedback points
         train_head: Optional[Literal["bp", "dfa"]] = None  # None: bp
         token_feedback: Optional[Literal["broadcast", "per_token", "per_token_error"]] = None
         conv_feedback: Optional[Literal["full", "channel_broadcast"]] = None  # None: full (compat=seed: channel)
         compat: Optional[Literal["seed"]] = None
         seed: Optional[int] = None
         find_unused_parameters: bool = False
+        align_every: int = 100  # log gradient/weight alignment with BP every N steps (0: off)
 
         def validate(self) -> None:
             _validate("dfa", self)
