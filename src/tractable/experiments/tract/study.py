@@ -1,0 +1,353 @@
+"""The TrAct "fewer epochs" study on real images: a patch-4 ViT and a small ResNet, SGD and Adam, paired seeds.
+
+Claim under test (Petersen, Borgelt, Ermon, NeurIPS 2024, arXiv 2410.23970): with TrAct on the first layer a
+network reaches the baseline's final accuracy in 1.25-4× fewer epochs, most for ViTs. Protocol (defaults; every
+number is a flag, ``--full`` switches to the full data and 30 epochs):
+
+* **Data.** Fashion-MNIST, standardised (mean 0, std 1: the paper's convention, on which its λ guidance rests),
+  no augmentation; the first ``subset`` training images and the first ``test_subset`` test images.
+* **Models** (TrAct on the first layer, :func:`tractable.models.first_layer`):
+  ``vit`` = ``vit_small_open`` with 4×4 patches (the TrAct layer is the Conv2d patch embedding and sees
+  n = 16 inputs per token, 49 tokens), width 48, depth 2, 4 heads, MLP ratio 2, Linear head;
+  ``resnet`` = ``resnet_small`` with one GELU BasicBlock per stage, channels (8, 16, 32), 3×3 stem (n = 9).
+* **Optimisers** — the paper's two CIFAR settings: ``sgd`` = SGD, momentum 0.9, lr 0.05; ``adam`` = Adam, lr 1e-3;
+  both with a per-step cosine to 0, no warm-up, no weight decay (the official ``train_cifar.py`` recipe); batch
+  128. TrAct reuses the baseline's learning rate, as every run of the paper does.
+* **Arms.** Phase 1 (λ sweep): seed ``sweep_seed`` (0), plain and TrAct at every λ in ``lambdas``; the best λ
+  is the one with the highest final test accuracy (ties → the one nearest 0.1). Phase 2 (comparison): seeds
+  1 … ``seeds`` — fresh seeds, so the chosen λ is not scored on the seed that chose it — plain, TrAct λ = 0.1
+  and TrAct at the best λ. Seed s means the same initial weights, batch order and test images in every arm.
+* **Metrics** (:mod:`tractable.experiments.tract.stats`): test accuracy after every epoch (mean and 95 % t
+  interval over seeds); the paired difference TrAct − plain at every epoch with its 95 % t interval; the paper's
+  speed-up, E / (epochs for the mean TrAct curve to reach the mean final plain accuracy), with a 95 % percentile
+  bootstrap interval over paired seeds.
+* **What would confirm / refute.** Confirmed for a setting if the speed-up interval lies above 1.25 (the
+  paper's smallest claimed factor); refuted if the final-epoch difference interval lies below 0 or the speed-up
+  interval below 1; otherwise unresolved at this scale.
+
+Every network trains through the runner (:func:`tractable.train.train`) into ``OUT/runs/<setting>/<arm>-s<seed>``;
+a finished run is reused and an interrupted one resumed, so the command can be re-run after an interruption.
+``OUT/study.json`` records the protocol; a later call with a different protocol on the same ``OUT`` is refused.
+Results: ``OUT/results.json``, ``OUT/results.md``, ``OUT/curves.png`` and ``OUT/differences.png``.
+
+    tractable tract-study --out runs/tract-study                 # ~20-25 CPU-minutes at 1 thread
+    tractable tract-study --out runs/tract-study-full --full --device cuda
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from tractable.experiments.tract import stats
+
+MODELS: Dict[str, Dict[str, Any]] = {
+    "vit": {"name": "vit_small_open", "kwargs": {"patch_size": 4, "hidden": 48, "depth": 2, "heads": 4,
+                                                  "mlp_ratio": 2.0, "head_hidden": 0}},
+    "resnet": {"name": "resnet_small", "kwargs": {"blocks": [1, 1, 1], "channels": [8, 16, 32], "head_hidden": 0}},
+}
+OPTIMS: Dict[str, Dict[str, Any]] = {
+    "sgd": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "adam": {"name": "adam", "lr": 1e-3},
+}
+DATASETS = ("fashion_mnist",)
+DEFAULTS = {"models": ["vit", "resnet"], "optims": ["sgd", "adam"], "lambdas": [0.05, 0.1, 0.3, 1.0], "seeds": 5,
+            "sweep_seed": 0, "epochs": 5, "subset": 3000, "test_subset": 2000, "batch_size": 128,
+            "dataset": "fashion_mnist"}
+FULL = {"epochs": 30, "subset": None, "test_subset": None}
+PAPER_LAMBDA = 0.1
+
+
+def arm_name(lam: Optional[float]) -> str:
+    return "plain" if lam is None else f"tract{lam:g}"
+
+
+def check_protocol(p: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate a protocol dict (the study's options); ValueError names the flag and the accepted values."""
+    for key, allowed in (("models", MODELS), ("optims", OPTIMS)):
+        bad = [v for v in p[key] if v not in allowed]
+        if bad or not p[key]:
+            raise ValueError(f"--{key}: {bad or 'nothing given'} not accepted; choose from {sorted(allowed)}")
+    if p["dataset"] not in DATASETS:
+        raise ValueError(f"--dataset: {p['dataset']!r} not accepted; choose from {list(DATASETS)}")
+    if not p["lambdas"] or any(not (isinstance(v, (int, float)) and v > 0 and v < float("inf")) for v in p["lambdas"]):
+        raise ValueError(f"--lambdas: every λ must be a finite number > 0 (paper: 0.05 … 0.2), got {p['lambdas']}")
+    if p["seeds"] < 2:
+        raise ValueError(f"--seeds: paired intervals need at least 2 seeds (5 recommended), got {p['seeds']}")
+    if p["epochs"] < 2:
+        raise ValueError(f"--epochs: the speed-up needs at least 2 evaluated epochs, got {p['epochs']}")
+    for key in ("subset", "test_subset"):
+        if p[key] is not None and p[key] < p["batch_size"]:
+            raise ValueError(f"--{key.replace('_', '-')}: must be at least the batch size {p['batch_size']} "
+                             f"(or 0 for the whole split), got {p[key]}")
+    if p["sweep_seed"] in range(1, p["seeds"] + 1):
+        raise ValueError(f"--sweep-seed: must not be one of the comparison seeds 1 … {p['seeds']}, got "
+                         f"{p['sweep_seed']}")
+    return p
+
+
+def run_config(p: Dict[str, Any], out: Path, model: str, optim: str, lam: Optional[float], seed: int,
+               device: str) -> Dict[str, Any]:
+    """The runner config of one arm of one setting."""
+    epochs = p["epochs"]
+    return {
+        "data": {"name": p["dataset"], "batch_size": p["batch_size"], "eval_batch_size": 1000,
+                 "subset": p["subset"], "test_subset": p["test_subset"]},
+        "model": MODELS[model],
+        "method": {"name": "normal"} if lam is None else {"name": "tract", "l": float(lam)},
+        "optim": dict(OPTIMS[optim]),
+        "schedule": {"name": "cosine"},
+        "train": {"epochs": epochs, "seed": seed, "device": device, "progress": False, "plots": False,
+                  "tensorboard": False, "log_every": 10 ** 9, "eval_every": 1, "save_every": epochs},
+        "out_dir": str(out / "runs" / f"{model}-{optim}"),
+        "name": f"{arm_name(lam)}-s{seed}",
+    }
+
+
+def _train(cfg: Dict[str, Any], data, echo) -> Dict[str, Any]:
+    """Train one arm (reuse a finished run, resume an interrupted one); its accuracy curve and CPU time."""
+    from tractable.train import config_from_dict, read_summary, train
+
+    run_dir = Path(cfg["out_dir"]) / cfg["name"]
+    summary = read_summary(run_dir)
+    if not summary:
+        cfg = {**cfg, "resume": run_dir.exists()}
+        t0, c0 = time.perf_counter(), time.process_time()
+        summary = train(config_from_dict(cfg), train_data=data[0], test_data=data[1]).summary
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        (run_dir / "study_time.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}) + "\n")
+        echo(f"  {run_dir.parent.name}/{run_dir.name}: final test acc {100 * summary['final_test_acc']:.2f} % "
+             f"({wall:.0f} s wall, {cpu:.0f} s CPU)")
+    t = run_dir / "study_time.json"
+    times = json.loads(t.read_text()) if t.is_file() else {"wall_s": float("nan"), "cpu_s": float("nan")}
+    return {"acc": [100 * a for a in summary["test_acc"]], **times}
+
+
+def best_lambda(sweep: Dict[str, Dict[str, Any]], lambdas: Sequence[float]) -> float:
+    """The λ with the highest final accuracy on the sweep seed; ties → the one nearest to 0.1."""
+    return max(lambdas, key=lambda l: (sweep[arm_name(l)]["acc"][-1], -abs(l - PAPER_LAMBDA)))
+
+
+def _prepare_out(out: Path, p: Dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    f = out / "study.json"
+    if f.is_file():
+        old = json.loads(f.read_text())
+        if old != p:
+            diff = sorted(k for k in set(old) | set(p) if old.get(k) != p.get(k))
+            raise ValueError(f"--out: {out} holds a study with a different protocol (differs in: {', '.join(diff)});"
+                             f" choose another --out or repeat the same options")
+    else:
+        f.write_text(json.dumps(p, indent=1) + "\n")
+
+
+def run(out: Path, protocol: Dict[str, Any], *, device: str = "cpu", echo: Callable[[str], None] = print,
+        plot: bool = True) -> Dict[str, Any]:
+    """Run (or complete) the study in ``out`` and write its report; returns the results dict."""
+    from tractable.data import load_dataset
+
+    p = check_protocol(dict(protocol))
+    out = Path(out)
+    data = (load_dataset(p["dataset"], "train"), load_dataset(p["dataset"], "test"))  # fails early if missing
+    _prepare_out(out, p)
+    t_start = time.perf_counter()
+    settings = [(m, o) for m in p["models"] for o in p["optims"]]
+    res: Dict[str, Any] = {"protocol": p, "settings": {}}
+    echo(f"tract-study: {len(settings)} settings × (plain + {len(p['lambdas'])} λ on seed {p['sweep_seed']}, then "
+         f"plain / λ=0.1 / best λ on seeds 1…{p['seeds']}); out {out}")
+    for m, o in settings:  # phase 1: the λ sweep of every setting
+        key = f"{m}-{o}"
+        sweep = {arm_name(lam): _train(run_config(p, out, m, o, lam, p["sweep_seed"], device), data, echo)
+                 for lam in [None, *p["lambdas"]]}
+        res["settings"][key] = {"sweep": sweep, "best_lambda": best_lambda(sweep, p["lambdas"]), "paired": {}}
+    for seed in range(1, p["seeds"] + 1):  # phase 2: seed-major, so every setting has the same seeds so far
+        for m, o in settings:
+            s = res["settings"][f"{m}-{o}"]
+            for lam in dict.fromkeys([None, PAPER_LAMBDA, s["best_lambda"]]):
+                r = _train(run_config(p, out, m, o, lam, seed, device), data, echo)
+                s["paired"].setdefault(arm_name(lam), []).append(r)
+    res["wall_s_this_call"] = time.perf_counter() - t_start
+    res = summarise(res)
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    md = report_markdown(res)
+    (out / "results.md").write_text(md + "\n")
+    echo(md)
+    if plot:
+        try:
+            plot_curves(res, out / "curves.png")
+            plot_differences(res, out / "differences.png")
+        except ImportError as e:
+            echo(f"(no plots: {e})")
+    return res
+
+
+def summarise(res: Dict[str, Any]) -> Dict[str, Any]:
+    """Add per-setting statistics (curves with intervals, paired differences, speed-ups) to ``res``."""
+    total_cpu = total_wall = 0.0
+    for key, s in res["settings"].items():
+        runs = list(s["sweep"].values()) + [r for arm in s["paired"].values() for r in arm]
+        total_cpu += sum(r["cpu_s"] for r in runs)
+        total_wall += sum(r["wall_s"] for r in runs)
+        plain = [r["acc"] for r in s["paired"]["plain"]]
+        s["curves"] = {arm: [stats.t_interval([r["acc"][e] for r in rs]) for e in range(len(rs[0]["acc"]))]
+                       for arm, rs in s["paired"].items()}
+        s["differences"], s["speedup"], s["per_seed_speedup"] = {}, {}, {}
+        for arm, rs in s["paired"].items():
+            if arm == "plain":
+                continue
+            tract = [r["acc"] for r in rs]
+            s["differences"][arm] = stats.paired_differences(tract, plain)
+            s["speedup"][arm] = stats.speedup_bootstrap(tract, plain)
+            s["per_seed_speedup"][arm] = [stats.speedup([t], [q]) for t, q in zip(tract, plain)]
+    res["cpu_s"], res["wall_s"] = total_cpu, total_wall
+    return res
+
+
+def _ci(d: Dict[str, float], digits: int = 2) -> str:
+    return f"{d['mean']:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+
+
+def _speed(d: Dict[str, float]) -> str:
+    lo, hi = ("<1" if d[k] == 0 else f"{d[k]:.2f}" for k in ("lo", "hi"))
+    point = "not reached" if d["speedup"] == 0 else f"{d['speedup']:.2f}×"
+    return f"{point} [{lo}, {hi}] (reached in {100 * d['reached']:.0f} % of resamples)"
+
+
+def report_markdown(res: Dict[str, Any]) -> str:
+    p = res["protocol"]
+    E = p["epochs"]
+    n = p["seeds"]
+    lines = [f"TrAct study: {p['dataset']}, {p['subset'] or 'all'} training / {p['test_subset'] or 'all'} test "
+             f"images, {E} epochs, batch {p['batch_size']}; λ sweep on seed {p['sweep_seed']}, comparison on "
+             f"seeds 1…{n} (paired). Intervals: 95 % t over seeds; speed-up: 95 % percentile bootstrap over seeds.",
+             "", "### λ sweep (final test accuracy, %, one seed)", "",
+             "| setting | plain | " + " | ".join(f"λ={l:g}" for l in p["lambdas"]) + " | best λ |",
+             "|---|---|" + "---|" * len(p["lambdas"]) + "---|"]
+    for key, s in res["settings"].items():
+        row = [f"{s['sweep'][arm_name(l)]['acc'][-1]:.2f}" for l in [None, *p["lambdas"]]]
+        lines.append(f"| {key} | " + " | ".join(row) + f" | {s['best_lambda']:g} |")
+    lines += ["", f"### Final test accuracy (%) and paired difference after epoch {E}", "",
+              "| setting | arm | accuracy | TrAct − plain (pp) | speed-up (E / epochs to plain's final) |",
+              "|---|---|---|---|---|"]
+    for key, s in res["settings"].items():
+        for arm, c in s["curves"].items():
+            diff = _ci(s["differences"][arm][-1]) if arm in s["differences"] else "—"
+            sp = _speed(s["speedup"][arm]) if arm in s["speedup"] else "—"
+            lines.append(f"| {key} | {arm} | {_ci(c[-1])} | {diff} | {sp} |")
+    lines += ["", "### Paired difference TrAct − plain per epoch (pp; * = interval excludes 0)", "",
+              "| setting | arm | " + " | ".join(f"ep {e + 1}" for e in range(E)) + " |",
+              "|---|---|" + "---|" * E]
+    for key, s in res["settings"].items():
+        for arm, ds in s["differences"].items():
+            cells = [f"{d['mean']:+.2f} ± {d['hi'] - d['mean']:.2f}{'*' if d['lo'] > 0 or d['hi'] < 0 else ''}"
+                     for d in ds]
+            lines.append(f"| {key} | {arm} | " + " | ".join(cells) + " |")
+    lines += ["", f"Compute: {len([1 for s in res['settings'].values() for _ in s['sweep']])} sweep runs + "
+              f"{sum(len(a) for s in res['settings'].values() for a in s['paired'].values())} comparison runs, "
+              f"{res['cpu_s'] / 60:.1f} CPU-minutes, {res['wall_s'] / 60:.1f} wall-minutes of training."]
+    return "\n".join(lines)
+
+
+_COLORS = {"plain": "tab:gray"}
+
+
+def _grid(res: Dict[str, Any]):
+    from tractable.train.report import new_figure
+
+    keys = list(res["settings"])
+    ncols = min(2, len(keys))
+    nrows = (len(keys) + ncols - 1) // ncols
+    fig, axes = new_figure((5.2 * ncols, 3.6 * nrows), nrows, ncols, squeeze=False)
+    return fig, keys, [ax for row in axes for ax in row]
+
+
+def plot_curves(res: Dict[str, Any], path: Path) -> Path:
+    """Mean test accuracy per epoch with 95 % t bands, one panel per setting."""
+    from tractable.train.report import save_figure
+
+    fig, keys, axes = _grid(res)
+    n = res["protocol"]["seeds"]
+    for ax, key in zip(axes, keys):
+        for arm, c in res["settings"][key]["curves"].items():
+            xs = list(range(1, len(c) + 1))
+            line, = ax.plot(xs, [d["mean"] for d in c], marker="o", ms=3, label=arm, color=_COLORS.get(arm))
+            ax.fill_between(xs, [d["lo"] for d in c], [d["hi"] for d in c], alpha=0.2, color=line.get_color())
+        ax.set_title(f"{key}: test accuracy, {n} seeds", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_differences(res: Dict[str, Any], path: Path) -> Path:
+    """Paired difference TrAct − plain per epoch with 95 % t intervals, one panel per setting."""
+    from tractable.train.report import save_figure
+
+    fig, keys, axes = _grid(res)
+    for ax, key in zip(axes, keys):
+        diffs = res["settings"][key]["differences"]
+        for i, (arm, ds) in enumerate(diffs.items()):
+            xs = [e + 1 + 0.12 * (i - (len(diffs) - 1) / 2) for e in range(len(ds))]
+            ax.errorbar(xs, [d["mean"] for d in ds], yerr=[[d["mean"] - d["lo"] for d in ds],
+                                                           [d["hi"] - d["mean"] for d in ds]],
+                        marker="o", ms=3, capsize=2, label=arm)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"{key}: TrAct − plain (paired, 95 % t)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy difference (pp)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    return save_figure(fig, path, dpi=110)
+
+
+def add_arguments(p) -> None:
+    """The study's flags (``tractable tract-study``)."""
+    p.add_argument("--out", default="runs/tract-study", help="study directory (default runs/tract-study)")
+    p.add_argument("--models", nargs="+", default=DEFAULTS["models"], metavar="MODEL",
+                   help=f"models from {sorted(MODELS)} (default: both)")
+    p.add_argument("--optims", nargs="+", default=DEFAULTS["optims"], metavar="OPTIM",
+                   help=f"optimiser settings from {sorted(OPTIMS)} (default: both)")
+    p.add_argument("--lambdas", nargs="+", type=float, default=DEFAULTS["lambdas"], metavar="L",
+                   help="λ values of the sweep (default 0.05 0.1 0.3 1.0)")
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="comparison seeds 1…N (default 5)")
+    p.add_argument("--sweep-seed", type=int, default=DEFAULTS["sweep_seed"], help="seed of the λ sweep (default 0)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 5; 30 with --full)")
+    p.add_argument("--subset", type=int, default=None,
+                   help="training images (default 3000; 0 = all 60,000, the --full default)")
+    p.add_argument("--test-subset", type=int, default=None,
+                   help="test images (default 2000; 0 = all 10,000, the --full default)")
+    p.add_argument("--full", action="store_true", help="full data and 30 epochs (hours on a CPU; use a GPU)")
+    p.add_argument("--dataset", default=DEFAULTS["dataset"], help="dataset (fashion_mnist)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-plot", action="store_true")
+
+
+def protocol_from_args(a) -> Dict[str, Any]:
+    """The protocol dict from parsed flags (``--full`` changes the defaults of epochs and subsets)."""
+    base = {**DEFAULTS, **(FULL if a.full else {})}
+    pick = lambda v, k: base[k] if v is None else (None if v == 0 and k != "epochs" else v)  # noqa: E731
+    return {"models": list(a.models), "optims": list(a.optims), "lambdas": [float(v) for v in a.lambdas],
+            "seeds": a.seeds, "sweep_seed": a.sweep_seed, "epochs": pick(a.epochs, "epochs"),
+            "subset": pick(a.subset, "subset"), "test_subset": pick(a.test_subset, "test_subset"),
+            "batch_size": DEFAULTS["batch_size"], "dataset": a.dataset}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tractable.experiments.tract.study",
+                                description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    a = p.parse_args(argv)
+    run(Path(a.out), protocol_from_args(a), device=a.device, plot=not a.no_plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
