@@ -13,7 +13,10 @@ number is a flag, ``--full`` switches to the full data and 30 epochs):
 * **Optimisers** — the paper's two CIFAR settings: ``sgd`` = SGD, momentum 0.9, lr 0.05; ``adam`` = Adam, lr 1e-3;
   both with a per-step cosine to 0, no warm-up, no weight decay (the official ``train_cifar.py`` recipe); batch
   128. TrAct reuses the baseline's learning rate, as every run of the paper does.
-* **Arms.** Phase 1 (λ sweep): seed ``sweep_seed`` (0), plain and TrAct at every λ in ``lambdas``; the best λ
+* **Learning rate.** Phase 0: plain at the base lr × ``lr_factors`` (1/3, 1, 3) on seed ``sweep_seed`` (0); the
+  lr with the best final test accuracy is used by every arm of the setting (the paper tunes the lr for the
+  baseline and reuses it for TrAct; an untuned baseline would credit TrAct with a learning-rate fix).
+* **Arms.** Phase 1 (λ sweep): seed ``sweep_seed``, TrAct at every λ in ``lambdas``; the best λ
   is the one with the highest final test accuracy (ties → the one nearest 0.1). Phase 2 (comparison): seeds
   1 … ``seeds`` — fresh seeds, so the chosen λ is not scored on the seed that chose it — plain, TrAct λ = 0.1
   and TrAct at the best λ. Seed s means the same initial weights, batch order and test images in every arm.
@@ -36,6 +39,7 @@ Results: ``OUT/results.json``, ``OUT/results.md``, ``OUT/curves.png`` and ``OUT/
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -52,7 +56,8 @@ OPTIMS: Dict[str, Dict[str, Any]] = {
     "adam": {"name": "adam", "lr": 1e-3},
 }
 DATASETS = ("fashion_mnist",)
-DEFAULTS = {"models": ["vit", "resnet"], "optims": ["sgd", "adam"], "lambdas": [0.05, 0.1, 0.3, 1.0], "seeds": 5,
+DEFAULTS = {"models": ["vit", "resnet"], "optims": ["sgd", "adam"], "lambdas": [0.05, 0.1, 0.3, 1.0],
+            "lr_factors": [1 / 3, 1.0, 3.0], "seeds": 5,
             "sweep_seed": 0, "epochs": 5, "subset": 3000, "test_subset": 2000, "batch_size": 128,
             "dataset": "fashion_mnist"}
 FULL = {"epochs": 30, "subset": None, "test_subset": None}
@@ -73,6 +78,8 @@ def check_protocol(p: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"--dataset: {p['dataset']!r} not accepted; choose from {list(DATASETS)}")
     if not p["lambdas"] or any(not (isinstance(v, (int, float)) and v > 0 and v < float("inf")) for v in p["lambdas"]):
         raise ValueError(f"--lambdas: every λ must be a finite number > 0 (paper: 0.05 … 0.2), got {p['lambdas']}")
+    if not p["lr_factors"] or any(not (isinstance(v, (int, float)) and 0 < v < float("inf")) for v in p["lr_factors"]):
+        raise ValueError(f"--lr-factors: every factor must be a finite number > 0, got {p['lr_factors']}")
     if p["seeds"] < 2:
         raise ValueError(f"--seeds: paired intervals need at least 2 seeds (5 recommended), got {p['seeds']}")
     if p["epochs"] < 2:
@@ -88,7 +95,7 @@ def check_protocol(p: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run_config(p: Dict[str, Any], out: Path, model: str, optim: str, lam: Optional[float], seed: int,
-               device: str) -> Dict[str, Any]:
+               device: str, lr: float) -> Dict[str, Any]:
     """The runner config of one arm of one setting."""
     epochs = p["epochs"]
     return {
@@ -96,12 +103,12 @@ def run_config(p: Dict[str, Any], out: Path, model: str, optim: str, lam: Option
                  "subset": p["subset"], "test_subset": p["test_subset"]},
         "model": MODELS[model],
         "method": {"name": "normal"} if lam is None else {"name": "tract", "l": float(lam)},
-        "optim": dict(OPTIMS[optim]),
+        "optim": {**OPTIMS[optim], "lr": lr},
         "schedule": {"name": "cosine"},
         "train": {"epochs": epochs, "seed": seed, "device": device, "progress": False, "plots": False,
                   "tensorboard": False, "log_every": 10 ** 9, "eval_every": 1, "save_every": epochs},
         "out_dir": str(out / "runs" / f"{model}-{optim}"),
-        "name": f"{arm_name(lam)}-s{seed}",
+        "name": f"{arm_name(lam)}-lr{lr:.3g}-s{seed}",
     }
 
 
@@ -154,18 +161,25 @@ def run(out: Path, protocol: Dict[str, Any], *, device: str = "cpu", echo: Calla
     t_start = time.perf_counter()
     settings = [(m, o) for m in p["models"] for o in p["optims"]]
     res: Dict[str, Any] = {"protocol": p, "settings": {}}
-    echo(f"tract-study: {len(settings)} settings × (plain + {len(p['lambdas'])} λ on seed {p['sweep_seed']}, then "
-         f"plain / λ=0.1 / best λ on seeds 1…{p['seeds']}); out {out}")
-    for m, o in settings:  # phase 1: the λ sweep of every setting
-        key = f"{m}-{o}"
-        sweep = {arm_name(lam): _train(run_config(p, out, m, o, lam, p["sweep_seed"], device), data, echo)
-                 for lam in [None, *p["lambdas"]]}
-        res["settings"][key] = {"sweep": sweep, "best_lambda": best_lambda(sweep, p["lambdas"]), "paired": {}}
+    echo(f"tract-study: {len(settings)} settings × (plain at {len(p['lr_factors'])} lrs, then {len(p['lambdas'])} λ "
+         f"on seed {p['sweep_seed']}; plain / λ=0.1 / best λ on seeds 1…{p['seeds']}); out {out}")
+    for m, o in settings:  # phase 0: the baseline's learning rate
+        base = OPTIMS[o]["lr"]
+        grid = [float(f"{base * f:.3g}") for f in p["lr_factors"]]  # 3 significant digits, as in the run names
+        lrs = {f"{lr:.3g}": _train(run_config(p, out, m, o, None, p["sweep_seed"], device, lr), data, echo)
+               for lr in grid}
+        lr = float(max(lrs, key=lambda k: (lrs[k]["acc"][-1], -abs(math.log(float(k) / base)))))
+        res["settings"][f"{m}-{o}"] = {"lr_sweep": lrs, "lr": lr, "paired": {}}
+    for m, o in settings:  # phase 1: the λ sweep of every setting, at the chosen lr
+        s = res["settings"][f"{m}-{o}"]
+        s["sweep"] = {arm_name(lam): _train(run_config(p, out, m, o, lam, p["sweep_seed"], device, s["lr"]), data,
+                                            echo) for lam in [None, *p["lambdas"]]}
+        s["best_lambda"] = best_lambda(s["sweep"], p["lambdas"])
     for seed in range(1, p["seeds"] + 1):  # phase 2: seed-major, so every setting has the same seeds so far
         for m, o in settings:
             s = res["settings"][f"{m}-{o}"]
             for lam in dict.fromkeys([None, PAPER_LAMBDA, s["best_lambda"]]):
-                r = _train(run_config(p, out, m, o, lam, seed, device), data, echo)
+                r = _train(run_config(p, out, m, o, lam, seed, device, s["lr"]), data, echo)
                 s["paired"].setdefault(arm_name(lam), []).append(r)
     res["wall_s_this_call"] = time.perf_counter() - t_start
     res = summarise(res)
@@ -186,7 +200,8 @@ def summarise(res: Dict[str, Any]) -> Dict[str, Any]:
     """Add per-setting statistics (curves with intervals, paired differences, speed-ups) to ``res``."""
     total_cpu = total_wall = 0.0
     for key, s in res["settings"].items():
-        runs = list(s["sweep"].values()) + [r for arm in s["paired"].values() for r in arm]
+        runs = ([r for k, r in s["lr_sweep"].items() if float(k) != s["lr"]] + list(s["sweep"].values())
+                + [r for arm in s["paired"].values() for r in arm])
         total_cpu += sum(r["cpu_s"] for r in runs)
         total_wall += sum(r["wall_s"] for r in runs)
         plain = [r["acc"] for r in s["paired"]["plain"]]
@@ -227,6 +242,12 @@ def report_markdown(res: Dict[str, Any]) -> str:
     for key, s in res["settings"].items():
         row = [f"{s['sweep'][arm_name(l)]['acc'][-1]:.2f}" for l in [None, *p["lambdas"]]]
         lines.append(f"| {key} | " + " | ".join(row) + f" | {s['best_lambda']:g} |")
+    lines += ["", "### Baseline learning rate (plain, final test accuracy, %, sweep seed)", "",
+              "| setting | " + " | ".join(f"lr {k}" for k in next(iter(res["settings"].values()))["lr_sweep"]) +
+              " | chosen |", "|---|" + "---|" * (len(p["lr_factors"]) + 1)]
+    for key, s in res["settings"].items():
+        lines.append(f"| {key} | " + " | ".join(f"{r['acc'][-1]:.2f}" for r in s["lr_sweep"].values()) +
+                     f" | {s['lr']:.3g} |")
     lines += ["", f"### Final test accuracy (%) and paired difference after epoch {E}", "",
               "| setting | arm | accuracy | TrAct − plain (pp) | speed-up (E / epochs to plain's final) |",
               "|---|---|---|---|---|"]
@@ -315,6 +336,8 @@ def add_arguments(p) -> None:
                    help=f"optimiser settings from {sorted(OPTIMS)} (default: both)")
     p.add_argument("--lambdas", nargs="+", type=float, default=DEFAULTS["lambdas"], metavar="L",
                    help="λ values of the sweep (default 0.05 0.1 0.3 1.0)")
+    p.add_argument("--lr-factors", nargs="+", type=float, default=DEFAULTS["lr_factors"], metavar="F",
+                   help="baseline lr grid as factors of the base lr (SGD 0.05, Adam 1e-3; default 1/3 1 3)")
     p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="comparison seeds 1…N (default 5)")
     p.add_argument("--sweep-seed", type=int, default=DEFAULTS["sweep_seed"], help="seed of the λ sweep (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 5; 30 with --full)")
@@ -333,6 +356,7 @@ def protocol_from_args(a) -> Dict[str, Any]:
     base = {**DEFAULTS, **(FULL if a.full else {})}
     pick = lambda v, k: base[k] if v is None else (None if v == 0 and k != "epochs" else v)  # noqa: E731
     return {"models": list(a.models), "optims": list(a.optims), "lambdas": [float(v) for v in a.lambdas],
+            "lr_factors": [float(v) for v in a.lr_factors],
             "seeds": a.seeds, "sweep_seed": a.sweep_seed, "epochs": pick(a.epochs, "epochs"),
             "subset": pick(a.subset, "subset"), "test_subset": pick(a.test_subset, "test_subset"),
             "batch_size": DEFAULTS["batch_size"], "dataset": a.dataset}
