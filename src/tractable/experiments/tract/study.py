@@ -112,12 +112,15 @@ def run_config(p: Dict[str, Any], out: Path, model: str, optim: str, lam: Option
     }
 
 
-def _train(cfg: Dict[str, Any], data, echo) -> Dict[str, Any]:
-    """Train one arm (reuse a finished run, resume an interrupted one); its accuracy curve and CPU time."""
+def _train(cfg: Dict[str, Any], data, echo) -> Optional[Dict[str, Any]]:
+    """Train one arm (reuse a finished run, resume an interrupted one); its accuracy curve and CPU time.
+    With ``data=None`` (report only) an unfinished run gives ``None``."""
     from tractable.train import config_from_dict, read_summary, train
 
     run_dir = Path(cfg["out_dir"]) / cfg["name"]
     summary = read_summary(run_dir)
+    if not summary and data is None:
+        return None
     if not summary:
         cfg = {**cfg, "resume": run_dir.exists()}
         t0, c0 = time.perf_counter(), time.process_time()
@@ -150,13 +153,19 @@ def _prepare_out(out: Path, p: Dict[str, Any]) -> None:
 
 
 def run(out: Path, protocol: Dict[str, Any], *, device: str = "cpu", echo: Callable[[str], None] = print,
-        plot: bool = True) -> Dict[str, Any]:
-    """Run (or complete) the study in ``out`` and write its report; returns the results dict."""
+        plot: bool = True, report_only: bool = False) -> Dict[str, Any]:
+    """Run (or complete) the study in ``out`` and write its report; returns the results dict. ``report_only``
+    trains nothing and reports the seeds whose runs have all finished (e.g. while the study is still running)."""
     from tractable.data import load_dataset
 
     p = check_protocol(dict(protocol))
     out = Path(out)
-    data = (load_dataset(p["dataset"], "train"), load_dataset(p["dataset"], "test"))  # fails early if missing
+    if report_only:
+        if not (out / "study.json").is_file():
+            raise ValueError(f"--report: {out} holds no study (no study.json)")
+        data = None
+    else:
+        data = (load_dataset(p["dataset"], "train"), load_dataset(p["dataset"], "test"))  # fails early if missing
     _prepare_out(out, p)
     t_start = time.perf_counter()
     settings = [(m, o) for m in p["models"] for o in p["optims"]]
@@ -168,19 +177,32 @@ def run(out: Path, protocol: Dict[str, Any], *, device: str = "cpu", echo: Calla
         grid = [float(f"{base * f:.3g}") for f in p["lr_factors"]]  # 3 significant digits, as in the run names
         lrs = {f"{lr:.3g}": _train(run_config(p, out, m, o, None, p["sweep_seed"], device, lr), data, echo)
                for lr in grid}
+        if None in lrs.values():  # report only: this setting's lr sweep is not finished
+            continue
         lr = float(max(lrs, key=lambda k: (lrs[k]["acc"][-1], -abs(math.log(float(k) / base)))))
         res["settings"][f"{m}-{o}"] = {"lr_sweep": lrs, "lr": lr, "paired": {}}
+    settings = [(m, o) for m, o in settings if f"{m}-{o}" in res["settings"]]
     for m, o in settings:  # phase 1: the λ sweep of every setting, at the chosen lr
         s = res["settings"][f"{m}-{o}"]
         s["sweep"] = {arm_name(lam): _train(run_config(p, out, m, o, lam, p["sweep_seed"], device, s["lr"]), data,
                                             echo) for lam in [None, *p["lambdas"]]}
+        if None in s["sweep"].values():
+            del res["settings"][f"{m}-{o}"]
+            continue
         s["best_lambda"] = best_lambda(s["sweep"], p["lambdas"])
+    settings = [(m, o) for m, o in settings if f"{m}-{o}" in res["settings"]]
     for seed in range(1, p["seeds"] + 1):  # phase 2: seed-major, so every setting has the same seeds so far
         for m, o in settings:
             s = res["settings"][f"{m}-{o}"]
-            for lam in dict.fromkeys([None, PAPER_LAMBDA, s["best_lambda"]]):
-                r = _train(run_config(p, out, m, o, lam, seed, device, s["lr"]), data, echo)
+            lams = list(dict.fromkeys([None, PAPER_LAMBDA, s["best_lambda"]]))
+            runs = [_train(run_config(p, out, m, o, lam, seed, device, s["lr"]), data, echo) for lam in lams]
+            if None in runs:  # report only: this seed is not finished for every arm
+                continue
+            for lam, r in zip(lams, runs):
                 s["paired"].setdefault(arm_name(lam), []).append(r)
+    res["settings"] = {k: s for k, s in res["settings"].items() if s["paired"]}
+    if not res["settings"]:
+        raise ValueError(f"--report: no setting of {out} has a finished comparison seed yet")
     res["wall_s_this_call"] = time.perf_counter() - t_start
     res = summarise(res)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -205,6 +227,7 @@ def summarise(res: Dict[str, Any]) -> Dict[str, Any]:
         total_cpu += sum(r["cpu_s"] for r in runs)
         total_wall += sum(r["wall_s"] for r in runs)
         plain = [r["acc"] for r in s["paired"]["plain"]]
+        s["n_seeds"] = len(plain)
         s["curves"] = {arm: [stats.t_interval([r["acc"][e] for r in rs]) for e in range(len(rs[0]["acc"]))]
                        for arm, rs in s["paired"].items()}
         s["differences"], s["speedup"], s["per_seed_speedup"] = {}, {}, {}
@@ -232,10 +255,11 @@ def _speed(d: Dict[str, float]) -> str:
 def report_markdown(res: Dict[str, Any]) -> str:
     p = res["protocol"]
     E = p["epochs"]
-    n = p["seeds"]
+    n = sorted({s["n_seeds"] for s in res["settings"].values()})
+    n = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     lines = [f"TrAct study: {p['dataset']}, {p['subset'] or 'all'} training / {p['test_subset'] or 'all'} test "
              f"images, {E} epochs, batch {p['batch_size']}; λ sweep on seed {p['sweep_seed']}, comparison on "
-             f"seeds 1…{n} (paired). Intervals: 95 % t over seeds; speed-up: 95 % percentile bootstrap over seeds.",
+             f"{n} paired seeds (from 1…{p['seeds']}). Intervals: 95 % t over seeds; speed-up: 95 % percentile bootstrap over seeds.",
              "", "### λ sweep (final test accuracy, %, one seed)", "",
              "| setting | plain | " + " | ".join(f"λ={l:g}" for l in p["lambdas"]) + " | best λ |",
              "|---|---|" + "---|" * len(p["lambdas"]) + "---|"]
@@ -264,7 +288,8 @@ def report_markdown(res: Dict[str, Any]) -> str:
             cells = [f"{d['mean']:+.2f} ± {d['hi'] - d['mean']:.2f}{'*' if d['lo'] > 0 or d['hi'] < 0 else ''}"
                      for d in ds]
             lines.append(f"| {key} | {arm} | " + " | ".join(cells) + " |")
-    lines += ["", f"Compute: {len([1 for s in res['settings'].values() for _ in s['sweep']])} sweep runs + "
+    n_sweep = sum(len(s["sweep"]) + len(s["lr_sweep"]) - 1 for s in res["settings"].values())
+    lines += ["", f"Compute: {n_sweep} lr/λ sweep runs + "
               f"{sum(len(a) for s in res['settings'].values() for a in s['paired'].values())} comparison runs, "
               f"{res['cpu_s'] / 60:.1f} CPU-minutes, {res['wall_s'] / 60:.1f} wall-minutes of training."]
     return "\n".join(lines)
@@ -288,8 +313,8 @@ def plot_curves(res: Dict[str, Any], path: Path) -> Path:
     from tractable.train.report import save_figure
 
     fig, keys, axes = _grid(res)
-    n = res["protocol"]["seeds"]
     for ax, key in zip(axes, keys):
+        n = res["settings"][key]["n_seeds"]
         for arm, c in res["settings"][key]["curves"].items():
             xs = list(range(1, len(c) + 1))
             line, = ax.plot(xs, [d["mean"] for d in c], marker="o", ms=3, label=arm, color=_COLORS.get(arm))
@@ -349,6 +374,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dataset", default=DEFAULTS["dataset"], help="dataset (fashion_mnist)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: report the seeds finished so far (same options as the study)")
 
 
 def protocol_from_args(a) -> Dict[str, Any]:
@@ -369,7 +396,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     add_arguments(p)
     a = p.parse_args(argv)
-    run(Path(a.out), protocol_from_args(a), device=a.device, plot=not a.no_plot)
+    run(Path(a.out), protocol_from_args(a), device=a.device, plot=not a.no_plot, report_only=a.report)
     return 0
 
 
