@@ -205,6 +205,7 @@ def run(out: Path, protocol: Dict[str, Any], *, device: str = "cpu", echo: Calla
         raise ValueError(f"--report: no setting of {out} has a finished comparison seed yet")
     res["wall_s_this_call"] = time.perf_counter() - t_start
     res = summarise(res)
+    diagnose(res, out, data[0] if data is not None else load_dataset(p["dataset"], "train"))
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     md = report_markdown(res)
     (out / "results.md").write_text(md + "\n")
@@ -216,6 +217,55 @@ def run(out: Path, protocol: Dict[str, Any], *, device: str = "cpu", echo: Calla
         except ImportError as e:
             echo(f"(no plots: {e})")
     return res
+
+
+def diagnose(res: Dict[str, Any], out: Path, train_data, batch: int = 128) -> None:
+    """TrAct-layer diagnostics (:func:`tractable.tract.layer_diagnostics`) on the first ``batch`` standardised
+    training images, for every TrAct arm of every setting on the first comparison seed: at initialisation and with
+    the final weights (cross-entropy loss, training mode). Stored as ``res["settings"][key]["diagnostics"]``."""
+    import torch
+    import torch.nn.functional as F
+
+    import tractable
+    from tractable.models import create_model, first_layer
+    from tractable.train import latest_checkpoint, load_weights
+    from tractable.train.rng import seed_everything
+
+    info = train_data.info
+    x = train_data.x[:batch].float() / 255
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    x, y = (x - mean) / std, train_data.y[:batch]
+    for key, s in res["settings"].items():
+        m, o = key.split("-")
+        s["diagnostics"] = {}
+        for arm, runs in s["paired"].items():
+            if arm == "plain":
+                continue
+            lam = float(arm[len("tract"):])
+            row = {}
+            for when in ("init", "end"):
+                seed_everything(1)
+                model = create_model(MODELS[m]["name"], num_classes=info.num_classes, in_channels=info.shape[0],
+                                     image_size=info.shape[-1], **MODELS[m]["kwargs"])
+                path, layer = first_layer(model)
+                tractable.TrAct(layer, l=lam)
+                if when == "end":
+                    run_dir = out / "runs" / key / f"{arm}-lr{s['lr']:.3g}-s1"
+                    load_weights(latest_checkpoint(run_dir / "checkpoints"), model)
+                got = {}
+
+                def keep(mod, args, output):
+                    got["x"] = args[0].detach()
+                    output.register_hook(lambda g: got.setdefault("g", g))
+
+                h = layer.register_forward_hook(keep)
+                model.train()
+                F.cross_entropy(model(x), y).backward()
+                h.remove()
+                row[when] = tractable.tract.layer_diagnostics(layer, got["x"], got["g"])
+            row["n"] = tractable.tract.layer_geometry(layer).n_per_group
+            s["diagnostics"][arm] = row
 
 
 def summarise(res: Dict[str, Any]) -> Dict[str, Any]:
@@ -288,6 +338,15 @@ def report_markdown(res: Dict[str, Any]) -> str:
             cells = [f"{d['mean']:+.2f} ± {d['hi'] - d['mean']:.2f}{'*' if d['lo'] > 0 or d['hi'] < 0 else ''}"
                      for d in ds]
             lines.append(f"| {key} | {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "### TrAct-layer diagnostics (first 128 training images, seed 1; cosine/gain: TrAct vs plain "
+              "weight gradient)", "",
+              "| setting | arm | n | cond(XᵀX/b) | eff. rank | cond(XᵀX/b + λI) | cosine init → end | gain init → end |",
+              "|---|---|---|---|---|---|---|---|"]
+    for key, s in res["settings"].items():
+        for arm, d in s.get("diagnostics", {}).items():
+            i, e = d["init"], d["end"]
+            lines.append(f"| {key} | {arm} | {d['n']} | {i['cond']:.0f} | {i['eff_rank']:.2f} | {i['cond_k']:.1f} | "
+                         f"{i['cosine']:.3f} → {e['cosine']:.3f} | {i['gain']:.2f} → {e['gain']:.2f} |")
     n_sweep = sum(len(s["sweep"]) + len(s["lr_sweep"]) - 1 for s in res["settings"].values())
     lines += ["", f"Compute: {n_sweep} lr/λ sweep runs + "
               f"{sum(len(a) for s in res['settings'].values() for a in s['paired'].values())} comparison runs, "
