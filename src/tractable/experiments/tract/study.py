@@ -10,9 +10,9 @@ number is a flag, ``--full`` switches to the full data and 30 epochs):
   ``vit`` = ``vit_small_open`` with 4×4 patches (the TrAct layer is the Conv2d patch embedding and sees
   n = 16 inputs per token, 49 tokens), width 48, depth 2, 4 heads, MLP ratio 2, Linear head;
   ``resnet`` = ``resnet_small`` with one GELU BasicBlock per stage, channels (8, 16, 32), 3×3 stem (n = 9).
-* **Optimisers** — the paper's two CIFAR settings: ``sgd`` = SGD, momentum 0.9, lr 0.05; ``adam`` = Adam, lr 1e-3;
-  both with a per-step cosine to 0, no warm-up, no weight decay (the official ``train_cifar.py`` recipe); batch
-  128. TrAct reuses the baseline's learning rate, as every run of the paper does.
+* **Optimisers** — the paper's two CIFAR settings: ``sgd`` = SGD, momentum 0.9, base lr 0.05; ``adam`` = Adam,
+  base lr 1e-3; both with a per-step cosine to 0, no warm-up, no weight decay (the official ``train_cifar.py``
+  recipe); batch 128. TrAct reuses the baseline's learning rate, as every run of the paper does.
 * **Learning rate.** Phase 0: plain at the base lr × ``lr_factors`` (1/3, 1, 3) on seed ``sweep_seed`` (0); the
   lr with the best final test accuracy is used by every arm of the setting (the paper tunes the lr for the
   baseline and reuses it for TrAct; an untuned baseline would credit TrAct with a learning-rate fix).
@@ -23,13 +23,17 @@ number is a flag, ``--full`` switches to the full data and 30 epochs):
 * **Metrics** (:mod:`tractable.experiments.tract.stats`): test accuracy after every epoch (mean and 95 % t
   interval over seeds); the paired difference TrAct − plain at every epoch with its 95 % t interval; the paper's
   speed-up, E / (epochs for the mean TrAct curve to reach the mean final plain accuracy), with a 95 % percentile
-  bootstrap interval over paired seeds.
+  bootstrap interval over paired seeds. The paper compares separate runs with shorter budgets; here the
+  epochs are points of one cosine run, whose last epochs gain most, so this reading is conservative.
+  Diagnostics of the TrAct layer (:func:`tractable.tract.layer_diagnostics`) on the first training batch at
+  initialisation and with the final weights of the first comparison seed.
 * **What would confirm / refute.** Confirmed for a setting if the speed-up interval lies above 1.25 (the
   paper's smallest claimed factor); refuted if the final-epoch difference interval lies below 0 or the speed-up
   interval below 1; otherwise unresolved at this scale.
 
-Every network trains through the runner (:func:`tractable.train.train`) into ``OUT/runs/<setting>/<arm>-s<seed>``;
-a finished run is reused and an interrupted one resumed, so the command can be re-run after an interruption.
+Every network trains through the runner (:func:`tractable.train.train`) into
+``OUT/runs/<setting>/<arm>-lr<lr>-s<seed>``; a finished run is reused and an interrupted one resumed, so the
+command can be re-run after an interruption (``--report`` summarises the seeds finished so far).
 ``OUT/study.json`` records the protocol; a later call with a different protocol on the same ``OUT`` is refused.
 Results: ``OUT/results.json``, ``OUT/results.md``, ``OUT/curves.png`` and ``OUT/differences.png``.
 
