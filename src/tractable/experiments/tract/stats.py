@@ -46,14 +46,15 @@ def t_quantile(df: int, level: float = 0.95) -> float:
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> Dict[str, float]:
-    """``{"mean", "lo", "hi", "sd", "n"}``: mean and Student-t interval of the mean (lo = hi = mean for n = 1)."""
+    """``{"mean", "lo", "hi", "sd", "n"}``: mean and Student-t interval of the mean (one value says nothing
+    about the spread: lo = −inf, hi = +inf, sd = nan)."""
     v = [float(x) for x in values]
     n = len(v)
     if n == 0:
         raise ValueError("t_interval: needs at least one value")
     m = sum(v) / n
     if n == 1:
-        return {"mean": m, "lo": m, "hi": m, "sd": 0.0, "n": 1}
+        return {"mean": m, "lo": -math.inf, "hi": math.inf, "sd": math.nan, "n": 1}
     sd = math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1))
     half = t_quantile(n - 1, level) * sd / math.sqrt(n)
     return {"mean": m, "lo": m - half, "hi": m + half, "sd": sd, "n": n}
@@ -106,6 +107,10 @@ def speedup_bootstrap(tract: Sequence[Sequence[float]], plain: Sequence[Sequence
     n = len(plain)
     if n != len(tract) or n < 1:
         raise ValueError(f"speedup_bootstrap: needs equal, non-zero seed counts, got {len(tract)} and {n}")
+    point = speedup(tract, plain)
+    point = 0.0 if point is None else point
+    if n == 1:  # one seed: no interval
+        return {"speedup": point, "lo": 0.0, "hi": math.inf, "reached": float(point > 0)}
     rng = random.Random(seed)
     vals = []
     for _ in range(num_resamples):
@@ -115,6 +120,5 @@ def speedup_bootstrap(tract: Sequence[Sequence[float]], plain: Sequence[Sequence
     vals.sort()
     lo = vals[int(math.floor((1 - level) / 2 * (num_resamples - 1)))]
     hi = vals[int(math.ceil((1 + level) / 2 * (num_resamples - 1)))]
-    point = speedup(tract, plain)
-    return {"speedup": 0.0 if point is None else point, "lo": lo, "hi": hi,
+    return {"speedup": point, "lo": lo, "hi": hi,
             "reached": sum(v > 0 for v in vals) / num_resamples}

@@ -210,7 +210,7 @@ def run(out: Path, protocol: Dict[str, Any], *, device: str = "cpu", echo: Calla
     res["wall_s_this_call"] = time.perf_counter() - t_start
     res = summarise(res)
     diagnose(res, out, data[0] if data is not None else load_dataset(p["dataset"], "train"))
-    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(_finite(res), indent=1) + "\n")
     md = report_markdown(res)
     (out / "results.md").write_text(md + "\n")
     echo(md)
@@ -270,6 +270,17 @@ def diagnose(res: Dict[str, Any], out: Path, train_data, batch: int = 128) -> No
                 row[when] = tractable.tract.layer_diagnostics(layer, got["x"], got["g"])
             row["n"] = tractable.tract.layer_geometry(layer).n_per_group
             s["diagnostics"][arm] = row
+
+
+def _finite(v):
+    """``v`` with non-finite floats as strings ("inf", "nan"), so that results.json is strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def summarise(res: Dict[str, Any]) -> Dict[str, Any]:
