@@ -60,7 +60,8 @@ def test_best_lambda_prefers_accuracy_then_the_paper_default():
 @pytest.mark.parametrize("args, flag", [
     (["--models", "vit", "mlp"], "--models"), (["--optims", "lion"], "--optims"), (["--lambdas", "-1"], "--lambdas"),
     (["--seeds", "1"], "--seeds"), (["--epochs", "1"], "--epochs"), (["--subset", "10"], "--subset"),
-    (["--sweep-seed", "3"], "--sweep-seed"), (["--lr-factors", "0"], "--lr-factors"), (["--dataset", "cifar10"], "--dataset"),
+    (["--sweep-seed", "3"], "--sweep-seed"), (["--lr-factors", "0"], "--lr-factors"),
+    (["--dataset", "cifar10"], "--dataset"),
 ])
 def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path, capsys, args, flag):
     out = tmp_path / "study"

@@ -106,7 +106,8 @@ def run_config(p: Dict[str, Any], out: Path, model: str, optim: str, lam: Option
         "data": {"name": p["dataset"], "batch_size": p["batch_size"], "eval_batch_size": 1000,
                  "subset": p["subset"], "test_subset": p["test_subset"]},
         "model": MODELS[model],
-        "method": {"name": "normal"} if lam is None else {"name": "tract", "l": float(lam)},
+        # the study computes its own diagnostics (``diagnose``); the step log is off
+        "method": {"name": "normal"} if lam is None else {"name": "tract", "l": float(lam), "diag_every": 0},
         "optim": {**OPTIMS[optim], "lr": lr},
         "schedule": {"name": "cosine"},
         "train": {"epochs": epochs, "seed": seed, "device": device, "progress": False, "plots": False,
@@ -324,7 +325,8 @@ def report_markdown(res: Dict[str, Any]) -> str:
     n = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     lines = [f"TrAct study: {p['dataset']}, {p['subset'] or 'all'} training / {p['test_subset'] or 'all'} test "
              f"images, {E} epochs, batch {p['batch_size']}; λ sweep on seed {p['sweep_seed']}, comparison on "
-             f"{n} paired seeds (from 1…{p['seeds']}). Intervals: 95 % t over seeds; speed-up: 95 % percentile bootstrap over seeds.",
+             f"{n} paired seeds (from 1…{p['seeds']}). Intervals: 95 % t over seeds; speed-up: 95 % percentile "
+             "bootstrap over seeds.",
              "", "### λ sweep (final test accuracy, %, one seed)", "",
              "| setting | plain | " + " | ".join(f"λ={l:g}" for l in p["lambdas"]) + " | best λ |",
              "|---|---|" + "---|" * len(p["lambdas"]) + "---|"]
@@ -355,7 +357,8 @@ def report_markdown(res: Dict[str, Any]) -> str:
             lines.append(f"| {key} | {arm} | " + " | ".join(cells) + " |")
     lines += ["", "### TrAct-layer diagnostics (first 128 training images, seed 1; cosine/gain: TrAct vs plain "
               "weight gradient)", "",
-              "| setting | arm | n | cond(XᵀX/b) | eff. rank | cond(XᵀX/b + λI) | cosine init → end | gain init → end |",
+              "| setting | arm | n | cond(XᵀX/b) | eff. rank | cond(XᵀX/b + λI) | cosine init → end "
+              "| gain init → end |",
               "|---|---|---|---|---|---|---|---|"]
     for key, s in res["settings"].items():
         for arm, d in s.get("diagnostics", {}).items():
