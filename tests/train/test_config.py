@@ -140,10 +140,11 @@ def _method(**kw):
 def test_method_options_belong_to_their_rule():
     cfg = _method(name="tract", l=0.2, exact=True)
     assert cfg.method.options.l == 0.2 and cfg.method.l == 0.2 and cfg.method.exact is True
-    assert config_to_dict(cfg)["method"] == {"name": "tract", "l": 0.2, "exact": True, "layer": None, "kwargs": {}}
+    assert config_to_dict(cfg)["method"] == {"name": "tract", "l": 0.2, "exact": True, "layer": None, "kwargs": {},
+                                             "diag_every": 100}
     assert config_to_dict(_method(name="normal"))["method"] == {"name": "normal"}
     with pytest.raises(ConfigError, match=r"unknown key 'method.placement' for learning rule 'tract'.*valid keys: "
-                                          r"name, l, exact, layer, kwargs"):
+                                          r"name, l, exact, layer, kwargs, diag_every"):
         _method(name="tract", placement="post_ln")
     with pytest.raises(ConfigError, match=r"'method.l' for learning rule 'normal' \('l' is an option of 'tract'\)"):
         _method(name="normal", l=0.5)

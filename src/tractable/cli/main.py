@@ -16,7 +16,7 @@ from typing import List, Optional
 
 #: modules with ``add_commands(subparsers)`` adding a method family's commands (one module per family)
 COMMAND_MODULES = ("tractable.cli.feedback", "tractable.cli.subspace", "tractable.cli.crate",
-                   "tractable.cli.diffusion")
+                   "tractable.cli.diffusion", "tractable.cli.tract")
 
 
 def _cmd_demo(args) -> int:

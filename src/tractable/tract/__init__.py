@@ -6,10 +6,12 @@ receptive fields) the weight multiplies. Forward values, bias and input gradient
 >>> import torch, tractable
 >>> conv = tractable.TrAct(torch.nn.Conv2d(3, 64, 3, padding=1), l=0.1)
 """
+from tractable.tract.diagnostics import layer_diagnostics, plain_weight_gradient, tract_diagnostics
 from tractable.tract.exact import attach, pending, precondition_
 from tractable.tract.function import TrActWeight, tract_gradient
 from tractable.tract.gram import Geometry, gram
-from tractable.tract.module import TrAct, is_tract, plain_gradients, remove, tract_modules, unwrap
+from tractable.tract.module import (TrAct, is_tract, layer_geometry, plain_gradients, remove, tract_modules,
+                                    unwrap)
 
 __all__ = [
     "TrAct",
@@ -18,10 +20,14 @@ __all__ = [
     "attach",
     "gram",
     "is_tract",
+    "layer_diagnostics",
+    "layer_geometry",
     "pending",
     "plain_gradients",
+    "plain_weight_gradient",
     "precondition_",
     "remove",
+    "tract_diagnostics",
     "tract_gradient",
     "tract_modules",
     "unwrap",

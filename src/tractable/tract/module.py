@@ -157,27 +157,7 @@ class TrAct(nn.Module):
 
     # -- the TrAct hook into the layer's own computation --------------------------------------------------
     def _tract_geometry(self, weight: torch.Tensor) -> Geometry:
-        if isinstance(self, nn.Linear):
-            return Geometry("linear", weight.shape[-1])
-        d = len(self.kernel_size)
-        if self.padding_mode == "zeros":
-            mode = "constant"
-            if isinstance(self.padding, str):
-                pad = [0, 0] * d
-                if self.padding == "same":
-                    for i, (k, dil) in enumerate(zip(self.kernel_size, self.dilation)):
-                        total = dil * (k - 1)
-                        pad[2 * (d - 1 - i)] = total // 2
-                        pad[2 * (d - 1 - i) + 1] = total - total // 2
-            else:
-                pad = [p for p in reversed(self.padding) for _ in range(2)]
-        else:
-            mode = self.padding_mode
-            pad = list(self._reversed_padding_repeated_twice)
-        return Geometry(
-            "conv", weight.shape[1] * self.groups, self.groups, tuple(weight.shape[2:]), tuple(self.stride),
-            tuple(self.dilation), tuple(int(p) for p in pad), mode,
-        )
+        return _geometry(self, weight)
 
     def _tract_leaves(self, weight: torch.Tensor):
         geom = self._tract_geometry(weight)
@@ -209,6 +189,37 @@ class TrAct(nn.Module):
             stat, count = self._tract_leaves(weight)
         return apply(TrActWeight, weight, x, self.tract_lambda, self._tract_geometry(weight), self.tract_form,
                      self.tract_chunk_bytes, stat, count)
+
+
+def layer_geometry(layer: nn.Module) -> Geometry:
+    """How ``layer`` (an ``nn.Linear``/``ConvNd``, TrAct or plain) forms the rows X its weight multiplies:
+    kind, groups, kernel, stride, dilation and the padding in ``F.pad`` order with the layer's padding mode."""
+    _check_module(layer)
+    return _geometry(layer, layer.weight)
+
+
+def _geometry(layer: nn.Module, weight: torch.Tensor) -> Geometry:
+    if isinstance(layer, nn.Linear):
+        return Geometry("linear", weight.shape[-1])
+    d = len(layer.kernel_size)
+    if layer.padding_mode == "zeros":
+        mode = "constant"
+        if isinstance(layer.padding, str):
+            pad = [0, 0] * d
+            if layer.padding == "same":
+                for i, (k, dil) in enumerate(zip(layer.kernel_size, layer.dilation)):
+                    total = dil * (k - 1)
+                    pad[2 * (d - 1 - i)] = total // 2
+                    pad[2 * (d - 1 - i) + 1] = total - total // 2
+        else:
+            pad = [p for p in reversed(layer.padding) for _ in range(2)]
+    else:
+        mode = layer.padding_mode
+        pad = list(layer._reversed_padding_repeated_twice)
+    return Geometry(
+        "conv", weight.shape[1] * layer.groups, layer.groups, tuple(weight.shape[2:]), tuple(layer.stride),
+        tuple(layer.dilation), tuple(int(p) for p in pad), mode,
+    )
 
 
 def _linear_forward(self, input: torch.Tensor) -> torch.Tensor:

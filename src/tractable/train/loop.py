@@ -271,11 +271,13 @@ class Trainer:
         self.elapsed_before = float(extra.get("elapsed", 0.0))
         self._lr = float(extra.get("last_lr", self._lr))
         self.rule.load_state_dict(extra.get("rule", {}))
-        hook_states = extra.get("hooks", [])
-        if len(hook_states) != len(self.hooks):
+        hook_states, hooks = extra.get("hooks", []), self.hooks
+        if len(hook_states) != len(hooks):  # saved before a stateless hook (e.g. TrAct diagnostics) was added
+            hook_states, hooks = [s for s in hook_states if s], [h for h in hooks if h.state_dict()]
+        if len(hook_states) != len(hooks):
             raise ValueError(f"resume: the checkpoint has state for {len(hook_states)} hook(s) but the run has "
                              f"{len(self.hooks)}; pass the same hooks as the interrupted run")
-        for h, s in zip(self.hooks, hook_states):
+        for h, s in zip(hooks, hook_states):
             h.load_state_dict(s)
         self.logger.truncate_to(int(extra.get("log_records", 0)))
         return True

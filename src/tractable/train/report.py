@@ -1,7 +1,7 @@
 """Reading finished (or running) run directories: curves as PNGs and side-by-side comparisons.
 
 * :func:`plot_run` — ``run_dir/plots/{loss,accuracy,lr}.png`` from ``metrics.jsonl`` (accuracy only when the
-  run logged ``acc``-type metrics);
+  run logged ``acc``-type metrics; ``tract_diagnostics.png`` when it logged TrAct diagnostics);
 * :func:`compare_runs` — a markdown table of final/best metrics per run (best = lowest or highest, as the metric
   declares in :mod:`tractable.train.directions`; none for a metric without a direction), followed by the config
   keys whose values differ between the runs. The runs must share the task, dataset, input shape and classes;
@@ -96,6 +96,22 @@ def plot_run(run_dir: PathLike) -> List[Path]:
         fig, ax = new_figure((6, 4))
         epoch_curves(ax, acc_keys, "accuracy")
         save(fig, "accuracy.png")
+
+    diag_keys = sorted({k for r in records if r.get("kind") == "step" for k in r if k.startswith("tract_")})
+    if diag_keys:  # TrAct diagnostics (method.diag_every), one panel each against epochs
+        fig, axes = new_figure((4.2 * min(3, len(diag_keys)), 3.0 * ((len(diag_keys) + 2) // 3)),
+                               (len(diag_keys) + 2) // 3, min(3, len(diag_keys)), squeeze=False)
+        for ax, key in zip([a for row in axes for a in row], diag_keys):
+            xs, ys = _series(records, "step", "step", key)
+            ax.plot([s / steps_per_epoch for s in xs], ys, marker=".", ms=3, lw=0.8)
+            if key in ("tract_cond", "tract_cond_k") and ys and min(ys) > 0:
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_title(key, fontsize=9)
+        for ax in [a for row in axes for a in row][len(diag_keys):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{run_dir.name}: TrAct layer diagnostics", fontsize=9)
+        save(fig, "tract_diagnostics.png")
 
     xs, ys = _series(records, "step", "step", "lr")
     if not xs:  # no step records (log_every larger than the run): the lr at the end of each epoch

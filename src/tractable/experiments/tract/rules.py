@@ -13,10 +13,11 @@ produces for the first layer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
 
+from tractable.train.hooks import Hook
 from tractable.train.rules import LearningRule, register_rule
 
 __all__ = ["TrActRule"]
@@ -28,7 +29,8 @@ class TrActRule(LearningRule):
 
     ``method.l`` is λ; ``method.exact=True`` sums the statistics over ranks and accumulation micro-batches and
     preconditions once per step in :meth:`before_optimizer_step`. ``method.kwargs`` go to ``tractable.TrAct``
-    (e.g. ``form``).
+    (e.g. ``form``). ``method.diag_every=N`` logs the layer's TrAct diagnostics every N steps (0 = off; see
+    :mod:`tractable.experiments.tract.diagnostics`).
     """
 
     @dataclass
@@ -37,10 +39,13 @@ class TrActRule(LearningRule):
         exact: bool = False
         layer: Optional[str] = None
         kwargs: Dict[str, Any] = field(default_factory=dict)
+        diag_every: int = 100
 
         def validate(self) -> None:
             if self.l <= 0:
                 raise ValueError(f"method.l: TrAct's λ must be > 0 (paper default 0.1), got {self.l}")
+            if self.diag_every < 0:
+                raise ValueError(f"method.diag_every: steps between diagnostics, >= 0 (0 = off), got {self.diag_every}")
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -63,6 +68,11 @@ class TrActRule(LearningRule):
             self.path, layer = first_layer(model)
         tractable.TrAct(layer, l=self.cfg.l, exact=self.cfg.exact, **dict(self.cfg.kwargs))
         return model
+
+    def hooks(self) -> List[Hook]:
+        from tractable.experiments.tract.diagnostics import TrActDiagnosticsHook
+
+        return [TrActDiagnosticsHook(self.path, self.cfg.diag_every)] if self.cfg.diag_every else []
 
     def before_optimizer_step(self, model: nn.Module) -> None:
         if self.cfg.exact:
