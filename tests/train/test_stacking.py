@@ -35,7 +35,7 @@ def test_stack_options_per_rule_and_saved_config_records_every_rule(tmp_path):
     cfg = load_config(None, [*BASE, "method.name=tract+fa", "method.tract.l=0.2", f"out_dir={tmp_path}"])
     written = config_to_dict(cfg)["method"]
     assert written["name"] == "tract+fa"
-    assert written["tract"] == {"l": 0.2, "exact": False, "layer": None, "kwargs": {}}
+    assert written["tract"] == {"l": 0.2, "exact": False, "layer": None, "kwargs": {}, "diag_every": 100}
     assert set(written["fa"]) >= {"granularity", "feedback_init", "seed", "exclude"}  # every option, defaults too
     assert config_from_dict(config_to_dict(cfg)) == cfg
     path = tmp_path / "c.yaml"
@@ -48,7 +48,7 @@ def test_single_rule_keeps_the_flat_form_and_accepts_the_nested_one():
     nested = _method("method.name=tract", "method.tract.l=0.05")
     assert flat == nested and flat.l == 0.05 and flat.options.l == 0.05
     assert config_to_dict(load_config(None, [*BASE, "method.name=tract", "method.tract.l=0.05"]))["method"] == {
-        "name": "tract", "l": 0.05, "exact": False, "layer": None, "kwargs": {}}
+        "name": "tract", "l": 0.05, "exact": False, "layer": None, "kwargs": {}, "diag_every": 100}
     with pytest.raises(ConfigError, match=r"method(.tract)?.l: given twice"):
         _method("method.name=tract", "method.l=0.05", "method.tract.l=0.2")
 
