@@ -67,7 +67,7 @@ def _resolve_source(source) -> Tuple[Path, Optional[dict]]:
 
 def _plain_key(key: str) -> str:
     """``a.parametrizations.weight.original`` (a subspace run's stored points) → ``a.weight``."""
-    return re.sub(r"\.parametrizations\.([^.]+)\.original$", r".\1", key)
+    return re.sub(r"(^|\.)parametrizations\.([^.]+)\.original$", lambda m: m.group(1) + m.group(2), key)
 
 
 def _shape_kwargs(sd: Dict[str, torch.Tensor], patch: int, subspace: bool) -> dict:
