@@ -50,6 +50,9 @@ SCALES: Dict[str, dict] = {
     "full": {"subset": None, "test_subset": None, "epochs": 50, "seeds": (0, 1, 2, 3, 4), "lams": (0.01, 1.0),
              "dim": 384, "depth": 12, "heads": 6, "patch": 4, "batch": 128, "lr": 5e-4, "measure_images": 1024,
              "jaccard_images": 10000},
+    # the whole pipeline in seconds (tests): not a result
+    "smoke": {"subset": 256, "test_subset": 128, "epochs": 1, "seeds": (0, 1), "lams": (1.0,), "dim": 16, "depth": 2,
+              "heads": 2, "patch": 4, "batch": 64, "lr": 1e-3, "measure_images": 32, "jaccard_images": 32},
 }
 
 
