@@ -173,6 +173,7 @@ def load_crate_model(source, model: Optional[str] = None, model_kwargs: Optional
     meta = {"source": str(source), "checkpoint": str(ckpt), "model": name, "model_kwargs": kwargs,
             "pretrained": tag, "alpha": alpha, "data": data.get("name"), "data_root": data.get("root"),
             "data_kwargs": data.get("kwargs") or {}, "mean": data.get("mean"), "std": data.get("std"),
+            "subset": data.get("subset"), "test_subset": data.get("test_subset"),
             "kind": "mae" if not hasattr(net, "mlp_head") else "classifier"}
     return net.eval(), meta
 
@@ -223,19 +224,21 @@ def _open_dataset(name: str, split: str, root, kwargs: dict):
 
 def iter_dataset_images(name: str, split: str = "test", *, num: int = 256, indices: Optional[Sequence[int]] = None,
                         batch_size: int = 64, size: Optional[Tuple[int, int]] = None, root=None, mean=None,
-                        std=None, raw: bool = False, **kwargs) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+                        std=None, raw: bool = False, limit: Optional[int] = None,
+                        **kwargs) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Batches ``(images, labels)`` of a registered dataset, normalised with its (or the given) mean/std and
     brought to ``size``; ``raw=True`` yields the un-normalised [0, 1] images instead.
 
     Works on every dataset of :func:`tractable.data.load_dataset`: arrays are sliced, ImageFolder / ImageNet /
     TinyImageNet items are decoded one at a time (the split is never loaded whole). Without ``indices`` the
-    ``num`` images are spread evenly over the split.
+    ``num`` images are spread evenly over the split, or over its first ``limit`` images (a run's ``data.subset``:
+    the images it was trained on).
     """
     from tractable.data.convert import to_float
 
     ds, stream = _open_dataset(name, split, root, kwargs)
     total = len(ds.y) if not stream else len(ds)
-    idx = list(indices) if indices is not None else _spread(total, num)
+    idx = list(indices) if indices is not None else _spread(min(total, limit or total), num)
     if not idx:
         raise ValueError(f"dataset {name} ({split}): no images selected")
     if max(idx) >= total or min(idx) < 0:
@@ -358,7 +361,8 @@ def _default_out(source, kind: str) -> Path:
 
 def _measure_images(net, meta, data, split, num, batch_size, root):
     same = data == meta.get("data")
-    return iter_dataset_images(data, split, num=num, batch_size=batch_size, size=tuple(net.image_size),
+    limit = (meta.get("subset") if split == "train" else meta.get("test_subset")) if same else None
+    return iter_dataset_images(data, split, num=num, batch_size=batch_size, size=tuple(net.image_size), limit=limit,
                                root=root or meta.get("data_root"), mean=meta.get("mean") if same else None,
                                std=meta.get("std") if same else None, **(meta.get("data_kwargs", {}) if same else {}))
 
@@ -431,8 +435,8 @@ def run_measure_over_training(source, data: Optional[str] = None, *, model: Opti
                               splits: Sequence[str] = ("train", "test"), num: int = 256, batch_size: int = 64,
                               mode: str = "official", eps: Optional[float] = None, out: Optional[str] = None,
                               root=None, plot: bool = True, alpha: Optional[float] = None, echo=print) -> dict:
-    """R^c and the ISTA sparsity per layer at every checkpoint of a run, on ``num`` training and test images (the
-    same images at every checkpoint). Writes ``over_training.json/.md/.png`` (curves per layer, one line per
+    """R^c and the ISTA sparsity per layer at every checkpoint of a run, on ``num`` training images (from those
+    the run trained on: its first ``data.subset``) and ``num`` test images, the same at every checkpoint. Writes ``over_training.json/.md/.png`` (curves per layer, one line per
     checkpoint, coloured by step). Keep checkpoints with ``train.save_every``/``save_every_steps`` and a large
     ``train.keep_checkpoints``."""
     from tractable.train import list_checkpoints

@@ -44,7 +44,7 @@ __all__ = ["SCALES", "study_models", "study_config", "train_all", "report", "mai
 
 #: the two sizes of the study; ``full`` is one flag away (``--scale full``)
 SCALES: Dict[str, dict] = {
-    "cpu": {"subset": 10000, "test_subset": 5000, "epochs": 4, "seeds": (0, 1, 2), "lams": (0.01, 1.0),
+    "cpu": {"subset": 10000, "test_subset": 5000, "epochs": 4, "seeds": (0, 1, 2), "lams": (1.0, 0.01),
             "dim": 96, "depth": 4, "heads": 4, "patch": 4, "batch": 64, "lr": 1e-3, "measure_images": 256,
             "jaccard_images": 500},
     "full": {"subset": None, "test_subset": None, "epochs": 50, "seeds": (0, 1, 2, 3, 4), "lams": (0.01, 1.0),
