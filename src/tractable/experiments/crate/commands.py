@@ -20,6 +20,7 @@ heads, patch size) comes from the run's ``config.yaml`` or ``--model NAME`` plus
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -32,7 +33,7 @@ from tractable.models import create_model, model_defaults
 from tractable.models.crate import load_crate_checkpoint, read_state_dict
 from tractable.train.report import new_figure, save_figure
 
-__all__ = ["load_crate_model", "iter_dataset_images", "dataset_images", "run_measure", "run_measure_over_training",
+__all__ = ["load_crate_model", "open_dataset", "iter_dataset_images", "dataset_images", "run_measure", "run_measure_over_training",
            "run_attention", "plot_layer_curves", "plot_over_training", "attention_figure",
            "mae_reconstruction_figure"]
 
@@ -207,12 +208,19 @@ def _fit(x: torch.Tensor, size: Tuple[int, int], stream: bool) -> torch.Tensor:
     return x[..., top:top + size[0], left:left + size[1]]
 
 
-def _open_dataset(name: str, split: str, root, kwargs: dict):
+def open_dataset(name: str, split: str, root, kwargs: dict):
     """(dataset, streamed?) — image-folder datasets are opened without their torchvision transform (we decode
-    and resize ourselves, one image at a time), array datasets as they are."""
+    and resize ourselves, one image at a time), array datasets as they are. The last few are cached: measuring
+    every checkpoint of a run reads the same split again and again."""
+    key = (name, split, None if root is None else str(root), json.dumps(kwargs, sort_keys=True, default=str))
+    return _open_cached(*key)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(name: str, split: str, root, kwargs_json: str):
     from tractable.data import load_dataset
 
-    kw = dict(kwargs)
+    kw = json.loads(kwargs_json)
     try:
         ds = load_dataset(name, split, root=root, **{**kw, "transform": None})
     except ValueError as e:
@@ -236,7 +244,7 @@ def iter_dataset_images(name: str, split: str = "test", *, num: int = 256, indic
     """
     from tractable.data.convert import to_float
 
-    ds, stream = _open_dataset(name, split, root, kwargs)
+    ds, stream = open_dataset(name, split, root, kwargs)
     total = len(ds.y) if not stream else len(ds)
     idx = list(indices) if indices is not None else _spread(min(total, limit or total), num)
     if not idx:

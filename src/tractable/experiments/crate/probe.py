@@ -109,7 +109,6 @@ def load_probe_model(source) -> Tuple[nn.Module, dict]:
     """A run directory's model (CRATE, CRATE-MAE or a ViT) with its latest weights, and the run's data section."""
     import yaml
 
-    from tractable.data import load_dataset
     from tractable.models import create_model, model_defaults
     from tractable.train import latest_checkpoint, load_weights
     from tractable.train.loaders import model_shape_kwargs
@@ -127,7 +126,9 @@ def load_probe_model(source) -> Tuple[nn.Module, dict]:
     if ckpt is None:
         raise FileNotFoundError(f"linear-probe: {path} has no checkpoint under checkpoints/")
     data = cfg.get("data") or {}
-    info = load_dataset(data["name"], "test", root=data.get("root"), **(data.get("kwargs") or {})).info
+    from tractable.experiments.crate.commands import open_dataset
+
+    info = open_dataset(data["name"], "test", data.get("root"), data.get("kwargs") or {})[0].info
     kw = model_shape_kwargs(info, model_defaults(name))
     kw.update(cfg["model"].get("kwargs") or {})
     model = create_model(name, **kw)

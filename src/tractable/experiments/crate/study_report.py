@@ -113,10 +113,10 @@ def report(out, echo=print) -> str:
     lines: List[str] = []
 
     # ---- floor: logistic regression on the same pixels
-    from tractable.data import load_dataset
     from tractable.data.convert import to_float
+    from tractable.experiments.crate.commands import open_dataset
 
-    tr, te = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test")
+    tr, te = open_dataset("fashion_mnist", "train", None, {})[0], open_dataset("fashion_mnist", "test", None, {})[0]
     ntr, nte = s["subset"] or len(tr.y), s["test_subset"] or len(te.y)
     floor = fit_logistic(to_float(tr.x[:ntr]), tr.y[:ntr], to_float(te.x[:nte]), te.y[:nte])
     res["logistic_floor"] = floor
@@ -225,6 +225,7 @@ def report(out, echo=print) -> str:
                                                  mode="nearest")[0].bool().expand_as(fg_te)
     j_floor = float(jaccard(prior_mask, fg_te).mean())
     jac: Dict[str, List[Dict[str, float]]] = {}
+    shown: Dict[str, torch.Tensor] = {}
     for kind in ("crate", "vit_params", "vit_flops"):
         for sd in sorted(acc.get(kind, {})):
             net = _load_any(out / f"{kind}-s{sd}")
@@ -233,6 +234,8 @@ def report(out, echo=print) -> str:
             else:
                 m_te, m_tr = vit_cls_attention(net, x_te), vit_cls_attention(net, x_tr)
             j_te, j_tr = jaccard_scores(m_te, fg_te), jaccard_scores(m_tr, fg_tr)
+            if sd == min(acc[kind]):
+                shown[kind] = m_te[:6].mean(1)
             K = m_te.shape[1]
             best = int(j_tr[:, :K].mean(0).argmax())
             jac.setdefault(kind, []).append({"mean_map": float(j_te[:, K].mean()), "heads_mean": float(j_te[:, :K].mean()),
@@ -256,6 +259,10 @@ def report(out, echo=print) -> str:
             jl.append(f"| CRATE − {labels[kind]} | {_fmt_ci(p1, 1.0, '')} | {_fmt_ci(p2, 1.0, '')} |")
     table_jac = "\n".join(jl)
     echo(table_jac)
+    try:
+        segmentation_figure(raw_te[:6], fg_te[:6], shown, prior_mask[:6], out / "segmentation.png")
+    except ImportError as e:
+        echo(f"(no figure: {e})")
 
     # ---- attention picture of seed 0
     if seeds:
@@ -269,3 +276,40 @@ def report(out, echo=print) -> str:
     (out / "report.md").write_text(md)
     (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     return md
+
+
+def segmentation_figure(raw: torch.Tensor, fg: torch.Tensor, maps: Dict[str, torch.Tensor], prior: torch.Tensor,
+                        path: Path) -> Path:
+    """Rows = images; columns = the image, its foreground, the prior mask, then per model the head-mean cls map
+    and its 60 %-mass mask (Jaccard in the title)."""
+    from tractable.train.report import new_figure, save_figure
+    from tractable.whitebox import jaccard, mass_threshold
+
+    B = raw.shape[0]
+    cols = 3 + 2 * len(maps)
+    fig, axes = new_figure((1.3 * cols, 1.35 * B + 0.4), B, cols, squeeze=False)
+    names = {"crate": "CRATE", "vit_params": "ViT (params)", "vit_flops": "ViT (FLOPs)"}
+    for b in range(B):
+        row = axes[b]
+        row[0].imshow(raw[b, 0].numpy(), cmap="gray")
+        row[1].imshow(fg[b].float().numpy(), cmap="gray")
+        row[2].imshow(prior[b].float().numpy(), cmap="gray")
+        row[2].set_title(f"J={float(jaccard(prior[b], fg[b])):.2f}", fontsize=6)
+        for j, (kind, m) in enumerate(maps.items()):
+            up = torch.nn.functional.interpolate(m[b][None, None], size=fg.shape[-2:], mode="nearest")[0, 0]
+            keep = torch.nn.functional.interpolate(mass_threshold(m[b][None], 0.6).float()[None], size=fg.shape[-2:],
+                                                   mode="nearest")[0, 0].bool()
+            row[3 + 2 * j].imshow(up.numpy(), cmap="inferno")
+            row[4 + 2 * j].imshow(keep.float().numpy(), cmap="gray")
+            row[4 + 2 * j].set_title(f"J={float(jaccard(keep, fg[b])):.2f}", fontsize=6)
+            if b == 0:
+                row[3 + 2 * j].set_title(names.get(kind, kind), fontsize=7)
+        if b == 0:
+            row[0].set_title("image", fontsize=7)
+            row[1].set_title("pixels > 0", fontsize=7)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("head-mean cls attention (last layer) and its 60 %-mass mask vs the object's pixels; "
+                 "3rd column: fixed prior mask", fontsize=7)
+    return save_figure(fig, path, dpi=130)
