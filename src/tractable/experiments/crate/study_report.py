@@ -122,7 +122,7 @@ def report(out, echo=print) -> str:
     res["logistic_floor"] = floor
 
     # ---- accuracy and paired differences
-    lines += ["| model | parameters | forward MFLOPs / image | seeds | test accuracy per seed (%) | mean ± sd (%) | "
+    lines += ["| model | parameters | forward MMACs / image | seeds | test accuracy per seed (%) | mean ± sd (%) | "
               "train time / run (s) |", "|---|---|---|---|---|---|---|"]
     labels = {"crate": "CRATE", "vit_params": "ViT, matched parameters", "vit_flops": "ViT, matched FLOPs"}
     for kind in ("crate", "vit_params", "vit_flops"):
