@@ -29,7 +29,7 @@ Intervals are 95 % Student-t intervals of the per-seed paired differences (n see
 
     python -m tractable.experiments.crate.fashion --out runs/crate-study            # train (resumable)
     python -m tractable.experiments.crate.fashion --out runs/crate-study --report   # tables, curves, maps
-    python -m tractable.experiments.crate.fashion --out runs/crate-study-full --scale full
+    python -m tractable.experiments.crate.fashion --out runs/crate-study-full --scale full --device cuda
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def study_models(scale: str = "cpu") -> Dict[str, dict]:
 
 
 def study_config(kind: str, model: dict, seed: int, out: Path, scale: str = "cpu", lam: Optional[float] = None,
-                 checkpoints: bool = False) -> dict:
+                 checkpoints: bool = False, device: str = "cpu") -> dict:
     s = SCALES[scale]
     kwargs = dict(model["kwargs"])
     name = f"{kind}-s{seed}"
@@ -102,7 +102,7 @@ def study_config(kind: str, model: dict, seed: int, out: Path, scale: str = "cpu
         name = f"crate-lam{lam:g}-s{seed}"
     n_train = s["subset"] or 60000
     steps_per_epoch = n_train // s["batch"]
-    train = {"epochs": s["epochs"], "seed": seed, "device": "cpu", "label_smoothing": 0.1, "progress": False,
+    train = {"epochs": s["epochs"], "seed": seed, "device": device, "label_smoothing": 0.1, "progress": False,
              "plots": False, "tensorboard": False, "log_every": 50, "save_every": s["epochs"],
              "eval_every": s["epochs"]}
     if checkpoints:  # for the curves over training: a checkpoint every half epoch, all kept
@@ -134,7 +134,7 @@ def _train_one(cfg: dict, echo) -> None:
                      "wall_s": round(time.time() - t0, 1), "train_time_s": res.summary.get("train_time_s")}))
 
 
-def train_all(out, scale: str = "cpu", echo=print) -> None:
+def train_all(out, scale: str = "cpu", device: str = "cpu", echo=print) -> None:
     """Train every run of the study under ``out`` (finished runs are skipped, interrupted ones resumed).
     Order: seed by seed the three models, then the λ sweep — so a cut-short study still has paired seeds."""
     out = Path(out)
@@ -145,10 +145,11 @@ def train_all(out, scale: str = "cpu", echo=print) -> None:
                                                 default=list))
     for seed in s["seeds"]:
         for kind in ("crate", "vit_params", "vit_flops"):
-            _train_one(study_config(kind, models[kind], seed, out, scale, checkpoints=kind == "crate"), echo)
+            _train_one(study_config(kind, models[kind], seed, out, scale, checkpoints=kind == "crate", device=device),
+                       echo)
     for lam in s["lams"]:
         for seed in s["seeds"]:
-            _train_one(study_config("crate", models["crate"], seed, out, scale, lam=lam), echo)
+            _train_one(study_config("crate", models["crate"], seed, out, scale, lam=lam, device=device), echo)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -157,6 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default="runs/crate-study")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
                    help="cpu: ~20 CPU-minutes at 1 thread; full: all 60k images, CRATE-T-sized, 50 epochs, 5 seeds")
+    p.add_argument("--device", default="cpu", help="train.device of every run (cpu, cuda, auto; default cpu)")
     p.add_argument("--report", action="store_true", help="only write the report from the finished runs")
     args = p.parse_args(argv)
     if args.report:
@@ -164,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print(report(Path(args.out)))
     else:
-        train_all(Path(args.out), args.scale)
+        train_all(Path(args.out), args.scale, args.device)
     return 0
 
 
