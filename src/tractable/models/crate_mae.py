@@ -214,7 +214,7 @@ class CRATEMAE(nn.Module):
         store = {t: [] for t in taps}
         z = z0
         for blk in self.blocks[:n]:
-            z = blk(z, taps=taps or ("_",), store=store)
+            z = blk(z, taps=taps, store=store) if taps else blk(z)
         return {"embed": z0, **store, "final": z, "encoded": self.norm(z)}
 
     # -- pieces -------------------------------------------------------------------------------------------
