@@ -483,7 +483,7 @@ def run_measure_over_training(source, data: Optional[str] = None, *, model: Opti
     echo(md)
     if plot:
         try:
-            echo(f"plot: {plot_over_training(rows, splits, out_dir / 'over_training.png', str(source))}")
+            echo(f"plot: {plot_over_training(rows, splits, out_dir / 'over_training.png', Path(source).name)}")
         except ImportError as e:
             echo(f"(no plot: {e}; pip install 'tractable[plot]')")
     return result
