@@ -101,7 +101,7 @@ def test_measure_layers_matches_direct_computation(gen):
         assert abs(s.nonzero_mean - (1 - z.mean().item())) < 1e-12
     paper = measure_layers(m, x, mode="paper")
     assert all(math.isfinite(s.rc_mean) and math.isfinite(s.delta_r_mean) for s in paper)
-    with pytest.raises(ValueError, match="expected a CRATE model"):
+    with pytest.raises(ValueError, match="expected a CRATE or CRATE-MAE model"):
         measure_layers(torch.nn.Linear(2, 2), x)
 
 

@@ -11,7 +11,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Sequence, Union
 
 import torch
 
@@ -64,10 +64,11 @@ def load_safetensors(path: PathLike, device: str = "cpu") -> Dict[str, torch.Ten
                                   f"expected {kind}") from None
 
 
-def load_torch_file(path: PathLike, map_location: Any = "cpu") -> Any:
+def load_torch_file(path: PathLike, map_location: Any = "cpu", allow: Sequence[type] = ()) -> Any:
     """``torch.load(path, weights_only=True)`` with a one-line error naming the file when it is not a readable
     PyTorch checkpoint (a text file, a truncated archive, garbage) or holds objects other than tensors and plain
-    containers."""
+    containers. ``allow`` lists further classes the unpickler may build (``torch.serialization.safe_globals``),
+    e.g. ``argparse.Namespace`` for files that store their training arguments beside the weights."""
     path = Path(path)
     kind = "a PyTorch checkpoint (torch.save: .pt/.pth)"
     _check_file(path, kind)
@@ -86,7 +87,8 @@ def load_torch_file(path: PathLike, map_location: Any = "cpu") -> Any:
     try:
         with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the error below says more
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            return torch.load(str(path), map_location=map_location, weights_only=True)
+            with torch.serialization.safe_globals(list(allow)):
+                return torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e) and ("Unsupported global" in str(e) or "GLOBAL" in str(e)):
             raise CheckpointFileError(

@@ -46,6 +46,7 @@ CRATE-T 6,090,856, -S 13,116,328, -B 22,796,008, -L 77,641,192.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 from collections import OrderedDict
@@ -74,6 +75,7 @@ __all__ = [
     "read_state_dict",
     "CRATE_PRESETS",
     "TAPS",
+    "POS_INTERP",
 ]
 
 #: d, depth, heads (d_h = d / heads) of the published presets
@@ -86,6 +88,10 @@ CRATE_PRESETS: Dict[str, Tuple[int, int, int]] = {
 
 #: what :meth:`CRATE.forward_features` can return per layer
 TAPS = ("qkv", "attn", "mid", "out")
+
+#: position-embedding interpolation for other grids: ``exact`` (bicubic to the target size) or ``dino``
+#: (DINO's / the emergence notebooks' ``scale_factor=(new + 0.1)/old``)
+POS_INTERP = ("exact", "dino")
 
 ImageSize = Union[int, Tuple[int, int]]
 
@@ -289,7 +295,7 @@ class CRATE(nn.Module):
                  depth: int = 12, heads: int = 6, dim_head: Optional[int] = None, in_channels: int = 3,
                  pool: str = "cls", dropout: float = 0.0, eta: float = 0.1, lam: float = 0.1,
                  ista_impl: str = "fused", attn_impl: str = "sdpa", init: str = "official",
-                 resize_to: Optional[ImageSize] = None, name: str = "crate"):
+                 resize_to: Optional[ImageSize] = None, pos_interp: str = "exact", name: str = "crate"):
         super().__init__()
         # resize_to: the model is built for that resolution and resizes its inputs to it (bilinear), e.g. CIFAR
         # upsampled to 224² as the official fine-tuning does; image_size is then only the data's size.
@@ -310,6 +316,7 @@ class CRATE(nn.Module):
         _checks.choice(name, "ista_impl", ista_impl, ("fused", "reference"))
         _checks.choice(name, "attn_impl", attn_impl, ("sdpa", "explicit"))
         _checks.choice(name, "init", init, ("official", "vit"))
+        self.pos_interp = _checks.choice(name, "pos_interp", pos_interp, POS_INTERP)
         dropout = _checks.probability(name, "dropout", dropout)
         for what, v in (("eta", eta), ("lam", lam)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
@@ -347,7 +354,7 @@ class CRATE(nn.Module):
                 "dim": self.dim, "depth": self.depth, "heads": self.heads, "dim_head": self.dim_head,
                 "in_channels": self.in_channels, "pool": self.pool, "dropout": self.dropout.p, "eta": self.eta,
                 "lam": self.lam, "ista_impl": ista.impl, "attn_impl": mssa.attn_impl,
-                "resize_to": None if self.resize_to is None else list(self.resize_to)}
+                "resize_to": None if self.resize_to is None else list(self.resize_to), "pos_interp": self.pos_interp}
 
     def set_impl(self, *, ista_impl: Optional[str] = None, attn_impl: Optional[str] = None) -> "CRATE":
         """Switch the ISTA/attention implementation of every layer in place (same parameters)."""
@@ -381,7 +388,21 @@ class CRATE(nn.Module):
         """The position embedding for a (H/P, W/P) patch ``grid`` (interpolated if it is not the native one)."""
         if tuple(grid) == self.grid:
             return self.pos_embedding
-        return interpolate_pos_embedding(self.pos_embedding, self.grid, tuple(grid))
+        return interpolate_pos_embedding(self.pos_embedding, self.grid, tuple(grid),
+                                         dino_compat=self.pos_interp == "dino")
+
+    def input_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """The (H, W) the encoder sees for inputs of spatial ``size`` (``resize_to`` models resize first)."""
+        return self.resize_to if self.resize_to is not None else (int(size[0]), int(size[1]))
+
+    def input_grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        """The (H/P, W/P) patch grid the encoder runs on for images ``x`` (after any ``resize_to``)."""
+        H, W = self.input_size(x.shape[-2:])
+        return H // self.patch_size, W // self.patch_size
+
+    def crate_layers(self) -> List[Tuple["PreNorm", "PreNorm"]]:
+        """[(PreNorm(MSSA), PreNorm(ISTA))] per layer — the interface of :mod:`tractable.whitebox`."""
+        return [(attn, ista) for attn, ista in self.transformer.layers]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images → Z¹ (B, 1 + N, d): patch embedding, cls token, position embedding."""
@@ -453,7 +474,9 @@ def read_state_dict(source: Union[str, Path, Mapping[str, torch.Tensor]]) -> "Or
         if path.suffix == ".safetensors":
             sd = load_safetensors(path)
         else:
-            sd = load_torch_file(path)
+            # the MAE codebase (CRATE-MAE's released file) stores its arguments as an argparse.Namespace beside
+            # the weights: a plain attribute bag, allow-listed; anything else is still refused
+            sd = load_torch_file(path, allow=[argparse.Namespace])
     else:
         sd = source
     for _ in range(4):
@@ -477,7 +500,8 @@ def read_state_dict(source: Union[str, Path, Mapping[str, torch.Tensor]]) -> "Or
 
 
 def load_crate_checkpoint(model: nn.Module, source, *, strict: bool = True, replace_head: Optional[int] = None,
-                          interpolate_pos: bool = False, generator: Optional[torch.Generator] = None) -> nn.Module:
+                          interpolate_pos: bool = False, drop_keys: Sequence[str] = (),
+                          generator: Optional[torch.Generator] = None) -> nn.Module:
     """Load an official (or our) CRATE / CRATE-MAE checkpoint into ``model``; returns ``model``.
 
     ``source``: a path (``.pth``/``.pt`` via ``torch.load(weights_only=True)``, or ``.safetensors``) or a state
@@ -488,9 +512,18 @@ def load_crate_checkpoint(model: nn.Module, source, *, strict: bool = True, repl
     ``replace_head=M`` drops the checkpoint's ``mlp_head.1.*`` (the classifier) and keeps the model's freshly
     initialised M-class Linear (the model must have been built with ``num_classes=M``); nothing else changes.
     ``interpolate_pos=True`` resizes a ``pos_embedding`` of another grid (a 224² checkpoint into a 32² model)
-    instead of failing.
+    instead of failing. ``drop_keys``: key prefixes the checkpoint holds outside the model's module tree (e.g. the
+    emergence notebooks' top-level ``head.`` of ``crate-demo.pth``); they are removed before the strict
+    comparison, and a prefix that matches nothing is an error (so a wrong layout is never assumed silently).
     """
     sd = read_state_dict(source)
+    for prefix in drop_keys:
+        hit = [k for k in sd if k == prefix or k.startswith(prefix)]
+        if not hit:
+            raise ValueError(f"load_crate_checkpoint: drop_keys={prefix!r} matches no checkpoint key (first keys: "
+                             f"{', '.join(list(sd)[:5])}); is this the layout you think it is?")
+        for k in hit:
+            del sd[k]
     own = model.state_dict()
     if replace_head is not None:
         replace_head = _checks.positive_int("load_crate_checkpoint", "replace_head", replace_head)
@@ -555,11 +588,12 @@ def _builder(size: str, patch: int):
     def build(*, num_classes: int = 1000, in_channels: int = 3, image_size: ImageSize = 224, patch_size: int = patch,
               pool: str = "cls", dropout: float = 0.0, eta: float = 0.1, lam: float = 0.1, ista_impl: str = "fused",
               attn_impl: str = "sdpa", init: str = "official", depth: int = depth,
-              resize_to: Optional[ImageSize] = None, pretrained: Optional[str] = None,
+              resize_to: Optional[ImageSize] = None, pos_interp: str = "exact", pretrained: Optional[str] = None,
               replace_head: bool = False) -> CRATE:
         model = CRATE(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
                       heads=heads, in_channels=in_channels, pool=pool, dropout=dropout, eta=eta, lam=lam,
-                      ista_impl=ista_impl, attn_impl=attn_impl, init=init, resize_to=resize_to, name=reg)
+                      ista_impl=ista_impl, attn_impl=attn_impl, init=init, resize_to=resize_to,
+                      pos_interp=pos_interp, name=reg)
         return _pretrained(model, pretrained, replace_head)
 
     build.__name__ = build.__qualname__ = reg
@@ -580,9 +614,10 @@ def crate(*, num_classes: int = 10, in_channels: int = 3, image_size: ImageSize 
           dim: int = 384, depth: int = 12, heads: int = 6, dim_head: Optional[int] = None, pool: str = "cls",
           dropout: float = 0.0, eta: float = 0.1, lam: float = 0.1, ista_impl: str = "fused",
           attn_impl: str = "sdpa", init: str = "official", resize_to: Optional[ImageSize] = None,
-          pretrained: Optional[str] = None, replace_head: bool = False) -> CRATE:
+          pos_interp: str = "exact", pretrained: Optional[str] = None, replace_head: bool = False) -> CRATE:
     """A CRATE of any shape (default: CRATE-T-shaped, patch 4, for 32² images)."""
     model = CRATE(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
                   heads=heads, dim_head=dim_head, in_channels=in_channels, pool=pool, dropout=dropout, eta=eta,
-                  lam=lam, ista_impl=ista_impl, attn_impl=attn_impl, init=init, resize_to=resize_to, name="crate")
+                  lam=lam, ista_impl=ista_impl, attn_impl=attn_impl, init=init, resize_to=resize_to,
+                  pos_interp=pos_interp, name="crate")
     return _pretrained(model, pretrained, replace_head)

@@ -98,7 +98,7 @@ class CRATEDecoderLayer(nn.Module):
 
 class CRATEMAE(nn.Module):
     """CRATE-MAE (see the module docstring). ``forward(imgs, mask_ratio=None, generator=None)`` →
-    ``(loss, pred (B, N, P²c), mask (B, N))``."""
+    ``(loss, pred (B, N, P²c), mask (B, N))``; :meth:`forward_features` runs the encoder unmasked (white-box tools, probes)."""
 
     tract_layer = "patch_embed.proj"
 
@@ -162,6 +162,60 @@ class CRATEMAE(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    # -- the encoder as a CRATE (white-box tools, linear probes) ------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def heads(self) -> int:
+        return self.blocks[0].layers[0][0].fn.heads
+
+    def crate_layers(self):
+        """[(PreNorm(MSSA), PreNorm(ISTA))] of the encoder — the interface of :mod:`tractable.whitebox`."""
+        return [tuple(blk.layers[0]) for blk in self.blocks]
+
+    def input_size(self, size) -> Tuple[int, int]:
+        return int(size[0]), int(size[1])
+
+    def input_grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Unmasked encoder input (B, 1 + N, d): all patches, cls, and the fixed sin-cos table the official encoder
+        adds (``decoder_pos_embed``; recomputed exactly for a grid other than the model's)."""
+        if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or imgs.shape[1] != self.in_channels:
+            got = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
+            raise ValueError(f"{self.name}: expected images of shape (B, {self.in_channels}, H, W), got {got}")
+        P = self.patch_size
+        if imgs.shape[-2] % P or imgs.shape[-1] % P:
+            raise ValueError(f"{self.name}: image height and width must be multiples of patch_size={P}, got "
+                             f"{imgs.shape[-2]}×{imgs.shape[-1]}")
+        x = self.patch_embed.proj(imgs).flatten(2).transpose(1, 2)
+        grid = self.input_grid(imgs)
+        pos = self.decoder_pos_embed if grid == self.grid else sincos_table(grid, self.dim).to(x)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
+
+    def forward_features(self, imgs: torch.Tensor, taps=("out",), layers: Optional[int] = None):
+        """The encoder on **unmasked** images, as :meth:`tractable.models.crate.CRATE.forward_features`:
+        ``{"embed", tap: [per layer], "final"}`` with taps ⊆ {'qkv', 'attn', 'mid', 'out'}; ``"final"`` is the last
+        layer's output before ``norm`` (``"encoded"`` adds ``norm(final)``, the features a linear probe reads)."""
+        from tractable.models.crate import TAPS
+
+        taps = tuple(taps)
+        bad = [t for t in taps if t not in TAPS]
+        if bad:
+            raise ValueError(f"{self.name}.forward_features: unknown taps {bad}; accepted: {', '.join(TAPS)}")
+        n = self.depth if layers is None else _checks.positive_int(self.name, "layers", layers)
+        if n > self.depth:
+            raise ValueError(f"{self.name}.forward_features: layers={n} > depth={self.depth}")
+        z0 = self.embed(imgs)
+        store = {t: [] for t in taps}
+        z = z0
+        for blk in self.blocks[:n]:
+            z = blk(z, taps=taps, store=store) if taps else blk(z)
+        return {"embed": z0, **store, "final": z, "encoded": self.norm(z)}
 
     # -- pieces -------------------------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -246,14 +300,28 @@ def _mae_builder(size: str):
 
     def build(*, in_channels: int = 3, image_size: ImageSize = 224, patch_size: int = 16, mask_ratio: float = 0.75,
               norm_pix_loss: bool = False, eta: float = 0.1, lam: float = 0.5, loss_on: str = "masked",
-              attn_impl: str = "sdpa", depth: int = depth, decoder_depth: Optional[int] = None) -> CRATEMAE:
-        return CRATEMAE(image_size=image_size, patch_size=patch_size, in_channels=in_channels, dim=dim, depth=depth,
-                        heads=heads, decoder_depth=decoder_depth, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-                        eta=eta, lam=lam, loss_on=loss_on, attn_impl=attn_impl, name=reg)
+              attn_impl: str = "sdpa", depth: int = depth, decoder_depth: Optional[int] = None,
+              pretrained: Optional[str] = None) -> CRATEMAE:
+        if pretrained is not None:
+            from tractable.models.crate_pretrained import lambda_from_filename
+
+            stated = lambda_from_filename(pretrained)
+            if stated is not None and stated != float(lam):
+                raise ValueError(f"{reg}: {pretrained} was trained with ISTA λ = {stated:g} (its name says lmd"
+                                 f"{stated:g}) but lam={lam:g}; pass lam={stated:g} (no state dict stores λ), or "
+                                 f"use tractable.models.crate_pretrained.load_pretrained")
+        model = CRATEMAE(image_size=image_size, patch_size=patch_size, in_channels=in_channels, dim=dim, depth=depth,
+                         heads=heads, decoder_depth=decoder_depth, mask_ratio=mask_ratio,
+                         norm_pix_loss=norm_pix_loss, eta=eta, lam=lam, loss_on=loss_on, attn_impl=attn_impl, name=reg)
+        if pretrained is not None:
+            from tractable.models.crate import load_crate_checkpoint
+
+            load_crate_checkpoint(model, pretrained)
+        return model
 
     build.__name__ = build.__qualname__ = reg
     build.__doc__ = f"CRATE-MAE-{size[0].upper()}: d={dim}, {depth}+{depth} layers, {heads} heads (masked autoencoder)."
-    build.task = "masked_autoencoding"  # not a classifier: no num_classes, forward returns (loss, pred, mask)
+    build.task = "masked_autoencoding"  # the runner task (tractable.train.mae_task); forward returns (loss, pred, mask)
     return register_model(reg)(build)
 
 

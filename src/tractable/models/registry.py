@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch.nn as nn
 
-__all__ = ["register_model", "unregister_model", "create_model", "list_models", "model_defaults"]
+__all__ = ["register_model", "unregister_model", "create_model", "list_models", "model_defaults", "model_task"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
@@ -69,6 +69,11 @@ def model_defaults(name: str) -> Dict[str, Any]:
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             out[p.name] = None if p.default is p.empty else p.default
     return out
+
+
+def model_task(name: str) -> Optional[str]:
+    """The runner task a builder declares (``builder.task``, e.g. ``"masked_autoencoding"``), or None."""
+    return getattr(_lookup(name), "task", None)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -27,7 +27,7 @@ from tractable.train.schema import ConfigError
 __all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks", "TASK_MODULES"]
 
 #: modules that register further tasks (one per family), imported the first time the registry is read
-TASK_MODULES: List[str] = ["tractable.train.diffusion_task"]
+TASK_MODULES: List[str] = ["tractable.train.diffusion_task", "tractable.train.mae_task"]
 _TASKS = ClassRegistry("task", "task", lambda: Task, modules=TASK_MODULES)
 
 
@@ -43,9 +43,25 @@ def list_tasks() -> List[str]:
 def build_task(cfg) -> "Task":
     """The task named ``cfg.task``, built from the whole :class:`~tractable.train.config.RunConfig`."""
     cls = _TASKS.get(cfg.task)
+    _check_model_task(cfg)
     if getattr(cfg, "task_kwargs", None) and not hasattr(cls, "Options"):
         raise ConfigError(f"task_kwargs: task {cfg.task!r} takes no options, got {', '.join(sorted(cfg.task_kwargs))}")
     return cls.from_config(cfg)
+
+
+def _check_model_task(cfg) -> None:
+    """A builder that declares its task (``builder.task``, e.g. CRATE-MAE's ``masked_autoencoding``) must run under it."""
+    from tractable.models.registry import model_task
+
+    try:
+        wanted = model_task(cfg.model.name)
+    except ValueError:
+        return  # unknown names are reported where the model is built
+    if wanted is not None and wanted != cfg.task:
+        from tractable.train.config import ConfigError
+
+        raise ConfigError(f"task: model {cfg.model.name!r} is trained with task={wanted}, got task={cfg.task!r}; "
+                          f"set task={wanted}")
 
 
 class Task:

@@ -14,12 +14,15 @@ attention maps.
 * :func:`measure_layers` — both per layer of a CRATE model, through ``model.forward_features`` (no hooks).
 * :func:`cls_attention_maps`, :func:`upsample_maps`, :func:`mass_threshold`, :func:`pca_maps` — DINO-style
   cls-token attention per head on the patch grid, nearest upsampling, the 60 %-mass threshold, and the PCA
-  foreground visualisation of the patch features.
+  foreground visualisation of the patch features; :func:`pca_segmentation` the notebooks' two-stage PCA with the
+  mask polarity fixed by the attention; :func:`jaccard` for masks. Attention maps need only one layer's memory.
 """
 from tractable.whitebox.coding_rate import coding_rate, compression_rate, logdet_psd
 from tractable.whitebox.sparsity import zero_fraction
 from tractable.whitebox.measure import LayerStats, measure_layers
-from tractable.whitebox.attention import cls_attention_maps, foreground_mask, mass_threshold, pca_maps, upsample_maps
+from tractable.whitebox.attention import (cls_attention_maps, foreground_mask, jaccard, mass_threshold, pca_maps,
+                                          pca_segmentation, upsample_maps)
+from tractable.whitebox.inputs import warn_if_small
 
 __all__ = [
     "coding_rate",
@@ -33,4 +36,7 @@ __all__ = [
     "mass_threshold",
     "pca_maps",
     "foreground_mask",
+    "pca_segmentation",
+    "jaccard",
+    "warn_if_small",
 ]

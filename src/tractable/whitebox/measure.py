@@ -8,6 +8,12 @@ fraction ``1 − zero_mean``).
 Features per ``mode``: ``"official"`` — R^c on the ``qkv`` output LN₁(Z^ℓ)Uᵀ (unit-normalised head tokens,
 linear ε = 0.01; what the reference repository plots, although its figure label says Z^{ℓ+½}) and R on
 LN₁(Z^ℓ) with the same convention; ``"paper"`` — R^c on U_kᵀZ^{ℓ+½} (unnormalised, ε²) and R on Z^{ℓ+½}.
+
+ΔR = R − R^c, the paper's rate reduction (larger = the K subspaces code the tokens more cheaply than the whole
+space does). Its sign means something only in ``"paper"`` mode, where both terms are the paper's formulas on the
+same Z^{ℓ+½}; it can still be negative there because the learned U is not orthonormal. In ``"official"`` mode the
+two terms normalise differently (per head vs per token), and R^c sums K logdets of unit vectors, so the difference
+is negative by construction: it is kept in the JSON for completeness and the commands print it only in paper mode.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tractable.whitebox.coding_rate import coding_rate, compression_rate
+from tractable.whitebox.inputs import warn_if_small
 from tractable.whitebox.sparsity import zero_fraction
 
 __all__ = ["LayerStats", "measure_layers", "merge_stats"]
@@ -53,14 +60,15 @@ def layer_values(model, images: torch.Tensor, mode: str = "official", eps: Optio
     """Per-layer per-sample tensors ``[(rc, r, zero_frac)]`` (each (B,) float64) for one batch."""
     if mode not in ("official", "paper"):
         raise ValueError(f"measure_layers: mode must be 'official' or 'paper', got {mode!r}")
-    if not hasattr(model, "forward_features") or not hasattr(model, "transformer"):
-        raise ValueError(f"measure_layers: expected a CRATE model (tractable.models.crate.CRATE), got "
-                         f"{type(model).__name__}")
+    if not hasattr(model, "forward_features") or not hasattr(model, "crate_layers"):
+        raise ValueError(f"measure_layers: expected a CRATE or CRATE-MAE model (tractable.models.crate.CRATE, "
+                         f"tractable.models.crate_mae.CRATEMAE), got {type(model).__name__}")
     eps = (0.01 if mode == "official" else 0.1) if eps is None else eps
+    warn_if_small(model, images, "measure_layers")
     feats = model.forward_features(images, taps=("qkv", "mid", "out"))
     out = []
     z_prev = feats["embed"]
-    for i, (attn_block, _) in enumerate(model.transformer.layers):
+    for i, (attn_block, _) in enumerate(model.crate_layers()):
         mssa = attn_block.fn
         if mode == "official":
             X = feats["qkv"][i]

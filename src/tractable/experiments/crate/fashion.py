@@ -1,151 +1,179 @@
-"""Small-scale CRATE demonstration on Fashion-MNIST (docs/crate.md): a CRATE-T-shaped patch-4 model next to a ViT
-of the same width and depth, several seeds, through the runner; then layer-wise R^c / sparsity and attention maps.
+"""The CRATE study at CPU scale (docs/crate.md): CRATE against ViTs matched in parameters and in FLOPs on
+Fashion-MNIST, a logistic-regression floor, paired seeds, a λ sweep, R^c and sparsity per layer over training,
+and a segmentation check (Jaccard of thresholded cls-attention masks against the garment's non-zero pixels).
 
-Setting (CPU budget; stated in docs/crate.md): 28×28 grey images, 4×4 patches (49 + 1 tokens); CRATE d = 384,
-12 layers, 6 heads (5.36M parameters with 10 classes); the ViT is ``vit_cifar`` with the same d / depth / heads, the
-standard 1/√d_h attention scale and a 4d MLP (21.3M parameters); both AdamW (lr 5e-4, wd 0.05, β (0.9, 0.999)),
-batch 64, warm-up 0.5 epoch + cosine, label smoothing 0.1, no augmentation, the first ``subset`` training images
-and the first ``test_subset`` test images.
+Protocol (``--scale cpu``, the default; ``--scale full`` is the same study at a size that could settle the
+question, see docs/crate.md):
 
-    python -m tractable.experiments.crate.fashion --out runs/crate-fashion --seeds 0 1 --subset 2000 --epochs 4
-    python -m tractable.experiments.crate.fashion --out runs/crate-fashion --report   # tables, curves, maps
+* data: Fashion-MNIST 28×28 grey, the first ``subset`` training images, the first ``test_subset`` test images,
+  standardised with the training mean/std, no augmentation; 4×4 patches (7×7 grid + cls = 50 tokens);
+* CRATE: ``crate`` with d, L, K of the scale (cpu: 96, 4, 4 → 120,426 parameters; official init, η = λ = 0.1);
+* ViT-params / ViT-flops: ``vit_cifar`` (separate q, k, v, o; 4× GELU MLP; 1/√d_h; final LayerNorm) with CRATE's
+  depth, heads and patch size and the width (a multiple of the heads) whose parameter count, resp. forward
+  FLOPs per image (``torch.utils.flop_counter``), is closest to CRATE's; the counts are in the report;
+* every network: AdamW (lr 1e-3, wd 0.05, β (0.9, 0.999)), batch 64, ½-epoch warm-up then cosine, label
+  smoothing 0.1, the same epochs, through the runner; seed s fixes the initialisation and the data order, so
+  run pairs (CRATE s, ViT s) share the data order — differences are paired by seed;
+* λ sweep: CRATE with ISTA λ ∈ ``lams`` (the same seeds), compared with λ = 0.1 paired by seed;
+* floor: multinomial logistic regression on the standardised pixels of the same training images
+  (:func:`tractable.experiments.crate.probe.fit_logistic`, L-BFGS, L2 chosen on a held-out tenth);
+* over training: the CRATE (λ = 0.1) runs save a checkpoint every half epoch; ``crate-measure --over-training``
+  measures R^c and the ISTA sparsity per layer at each of them on training and test images;
+* segmentation: for ``jaccard_images`` test images, each head's cls attention at the last layer is thresholded
+  at 60 % of its mass (:func:`tractable.whitebox.mass_threshold`), upsampled to 28×28 and compared with the
+  object mask (pixels > 0; Fashion-MNIST's background is exactly 0) by Jaccard = |A ∩ F| / |A ∪ F|. Reported:
+  the head average map, the mean over heads, and the best head (chosen on training images, scored on test
+  images). The floor is a fixed mask: the mean training foreground thresholded the same way.
+
+Intervals are 95 % Student-t intervals of the per-seed paired differences (n seeds − 1 degrees of freedom).
+
+    python -m tractable.experiments.crate.fashion --out runs/crate-study            # train (resumable)
+    python -m tractable.experiments.crate.fashion --out runs/crate-study --report   # tables, curves, maps
+    python -m tractable.experiments.crate.fashion --out runs/crate-study-full --scale full --device cuda
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-MODELS = {
-    "crate": {"name": "crate", "kwargs": {"patch_size": 4, "dim": 384, "depth": 12, "heads": 6}},
-    "vit": {"name": "vit_cifar", "kwargs": {"patch_size": 4, "hidden": 384, "depth": 12, "heads": 6,
-                                            "mlp_hidden": 1536, "attn_scale": "head", "mlp_out_gelu": False}},
+__all__ = ["SCALES", "study_models", "study_config", "train_all", "report", "main"]
+
+#: the two sizes of the study; ``full`` is one flag away (``--scale full``)
+SCALES: Dict[str, dict] = {
+    "cpu": {"subset": 10000, "test_subset": 5000, "epochs": 4, "seeds": (0, 1, 2), "lams": (1.0, 0.01),
+            "dim": 96, "depth": 4, "heads": 4, "patch": 4, "batch": 64, "lr": 1e-3, "measure_images": 256,
+            "jaccard_images": 500},
+    "full": {"subset": None, "test_subset": None, "epochs": 50, "seeds": (0, 1, 2, 3, 4), "lams": (0.01, 1.0),
+             "dim": 384, "depth": 12, "heads": 6, "patch": 4, "batch": 128, "lr": 5e-4, "measure_images": 1024,
+             "jaccard_images": 10000},
+    # the whole pipeline in seconds (tests): not a result
+    "smoke": {"subset": 256, "test_subset": 128, "epochs": 1, "seeds": (0, 1), "lams": (1.0,), "dim": 16, "depth": 2,
+              "heads": 2, "patch": 4, "batch": 64, "lr": 1e-3, "measure_images": 32, "jaccard_images": 32},
 }
 
 
-def fashion_config(model: str, seed: int, out: Path, subset: int, test_subset: int, epochs: int,
-                   lr: float = 5e-4) -> dict:
+def _counts(name: str, kwargs: dict):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tractable.models import create_model
+
+    m = create_model(name, num_classes=10, in_channels=1, image_size=28, **kwargs).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m(torch.zeros(1, 1, 28, 28))
+    return sum(p.numel() for p in m.parameters()), int(fc.get_total_flops())
+
+
+def _vit_kwargs(hidden: int, s: dict) -> dict:
+    return {"patch_size": s["patch"], "hidden": hidden, "mlp_hidden": 4 * hidden, "heads": s["heads"],
+            "depth": s["depth"], "attn_scale": "head", "mlp_out_gelu": False}
+
+
+def study_models(scale: str = "cpu") -> Dict[str, dict]:
+    """``{kind: {"name", "kwargs", "parameters", "flops"}}`` for crate, vit_params and vit_flops (widths searched)."""
+    s = SCALES[scale]
+    crate = {"name": "crate", "kwargs": {"patch_size": s["patch"], "dim": s["dim"], "depth": s["depth"],
+                                         "heads": s["heads"]}}
+    p, f = _counts("crate", crate["kwargs"])
+    out = {"crate": {**crate, "parameters": p, "flops": f}}
+    cands = []
+    for h in range(s["heads"], 2 * s["dim"] + 1, s["heads"]):
+        if h % 2:
+            continue
+        kw = _vit_kwargs(h, s)
+        cands.append((h, *_counts("vit_cifar", kw)))
+    for kind, idx, target in (("vit_params", 1, p), ("vit_flops", 2, f)):
+        h, vp, vf = min(cands, key=lambda c: abs(c[idx] - target))
+        out[kind] = {"name": "vit_cifar", "kwargs": _vit_kwargs(h, s), "parameters": vp, "flops": vf}
+    return out
+
+
+def study_config(kind: str, model: dict, seed: int, out: Path, scale: str = "cpu", lam: Optional[float] = None,
+                 checkpoints: bool = False, device: str = "cpu") -> dict:
+    s = SCALES[scale]
+    kwargs = dict(model["kwargs"])
+    name = f"{kind}-s{seed}"
+    if lam is not None:
+        kwargs["lam"] = lam
+        name = f"crate-lam{lam:g}-s{seed}"
+    n_train = s["subset"] or 60000
+    steps_per_epoch = n_train // s["batch"]
+    train = {"epochs": s["epochs"], "seed": seed, "device": device, "label_smoothing": 0.1, "progress": False,
+             "plots": False, "tensorboard": False, "log_every": 50, "save_every": s["epochs"],
+             "eval_every": s["epochs"]}
+    if checkpoints:  # for the curves over training: a checkpoint every half epoch, all kept
+        train.update(save_every_steps=max(1, steps_per_epoch // 2), keep_checkpoints=1000)
     return {
-        "data": {"name": "fashion_mnist", "batch_size": 64, "eval_batch_size": 500, "subset": subset,
-                 "test_subset": test_subset},
-        "model": MODELS[model],
+        "data": {"name": "fashion_mnist", "batch_size": s["batch"], "eval_batch_size": 500, "subset": s["subset"],
+                 "test_subset": s["test_subset"]},
+        "model": {"name": model["name"], "kwargs": kwargs},
         "method": {"name": "normal"},
-        "optim": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
+        "optim": {"name": "adamw", "lr": s["lr"], "weight_decay": 0.05},
         "schedule": {"name": "cosine", "warmup_epochs": 0.5},
-        "train": {"epochs": epochs, "seed": seed, "device": "cpu", "label_smoothing": 0.1, "progress": False,
-                  "plots": False, "tensorboard": False, "log_every": 10, "save_every": 1},
+        "train": train,
         "out_dir": str(out),
-        "name": f"{model}-s{seed}",
+        "name": name,
     }
 
 
-def train_all(out: Path, seeds: Sequence[int], subset: int, test_subset: int, epochs: int,
-              models: Sequence[str] = ("crate", "vit")) -> None:
-    from tractable.train import train
+def _train_one(cfg: dict, echo) -> None:
+    from tractable.train import config_from_dict, train
 
-    for seed in seeds:
-        for model in models:
-            run_dir = out / f"{model}-s{seed}"
-            if (run_dir / "summary.json").is_file():
-                continue
-            cfg = fashion_config(model, seed, out, subset, test_subset, epochs)
-            cfg["resume"] = run_dir.exists()
-            res = train(cfg)
-            print(json.dumps({"run": str(res.run_dir), "test_acc": res.summary.get("test_acc")}), flush=True)
+    run_dir = Path(cfg["out_dir"]) / cfg["name"]
+    if (run_dir / "summary.json").is_file():
+        return
+    if run_dir.exists():  # interrupted: continue it
+        cfg = {**cfg, "resume": True}
+    t0 = time.time()
+    res = train(config_from_dict(cfg))
+    echo(json.dumps({"run": cfg["name"], "test_acc": res.summary.get("final_test_acc"),
+                     "wall_s": round(time.time() - t0, 1), "train_time_s": res.summary.get("train_time_s")}))
 
 
-def fashion_report(out, num: int = 256, maps_images: Sequence[int] = (0, 1, 2, 3, 4, 5), echo=print) -> str:
-    """The docs/crate.md numbers from the runs of :mod:`tractable.experiments.crate.fashion` under ``out``."""
-    import torch
-
-    from tractable.experiments.crate.commands import (dataset_images, load_crate_model, measure_table,
-                                                      plot_layer_curves, run_attention)
-    from tractable.models import create_model
-    from tractable.whitebox import measure_layers
-
+def train_all(out, scale: str = "cpu", device: str = "cpu", echo=print) -> None:
+    """Train every run of the study under ``out`` (finished runs are skipped, interrupted ones resumed).
+    Order: seed by seed the three models, then the λ sweep — so a cut-short study still has paired seeds."""
     out = Path(out)
-    acc: Dict[str, List[float]] = {}
-    curves: Dict[str, List[List[float]]] = {}
-    params: Dict[str, int] = {}
-    time_s: Dict[str, List[float]] = {}
-    for run in sorted(out.glob("*-s*")):
-        s_file = run / "summary.json"
-        if not s_file.is_file():
-            continue
-        s = json.loads(s_file.read_text())
-        kind = run.name.rsplit("-s", 1)[0]
-        acc.setdefault(kind, []).append(100 * s["final_test_acc"])
-        curves.setdefault(kind, []).append([100 * a for a in s["test_acc"]])
-        params[kind] = s["parameters"]
-        time_s.setdefault(kind, []).append(s["train_time_s"])
-
-    def ms(v):
-        m = sum(v) / len(v)
-        sd = math.sqrt(sum((a - m) ** 2 for a in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-        return m, sd
-
-    lines = ["| model | parameters | seeds | test accuracy per epoch (%) | final (mean ± std) | train time / run |",
-             "|---|---|---|---|---|---|"]
-    for kind in acc:
-        ep = len(curves[kind][0])
-        per = " · ".join(f"{ms([c[e] for c in curves[kind]])[0]:.1f}" for e in range(ep))
-        m, sd = ms(acc[kind])
-        lines.append(f"| {kind} | {params[kind]:,} | {len(acc[kind])} | {per} | {m:.2f} ± {sd:.2f} | "
-                     f"{ms(time_s[kind])[0]:.0f} s |")
-    md = "\n".join(lines)
-
-    series, series_init = {}, {}
-    crate_runs = sorted(r for r in out.glob("crate-s*") if (r / "summary.json").is_file())
-    rows = []
-    for run in crate_runs:
-        net, meta = load_crate_model(run)
-        x, _, _ = dataset_images("fashion_mnist", "test", num=num)
-        stats = [s.to_dict() for s in measure_layers(net, x.split(64))]
-        series[run.name] = stats
-        rows.append(stats)
-        if not series_init:
-            torch.manual_seed(0)
-            init = create_model(meta["model"], **meta["model_kwargs"]).eval()
-            series_init["random init"] = [s.to_dict() for s in measure_layers(init, x.split(64))]
-    if rows:
-        mean_stats = []
-        for i in range(len(rows[0])):
-            vals = [r[i] for r in rows]
-            mean_stats.append({k: (sum(v[k] for v in vals) / len(vals) if k != "layer" else vals[0][k])
-                               for k in vals[0]})
-        md += ("\n\nLayer-wise measurements of the trained CRATE (mean over seeds; each seed's value is a mean "
-               f"over {num} test images):\n\n" + measure_table(mean_stats))
-        md += "\n\nSame at random initialisation:\n\n" + measure_table(series_init["random init"])
-        try:
-            plot_layer_curves({**series, **series_init}, out / "crate_fashion_layers.png",
-                              f"CRATE-T-shaped patch-4 on Fashion-MNIST ({num} test images)")
-            run_attention(crate_runs[0], [f"fashion_mnist:test:{','.join(map(str, maps_images))}"], pca=True,
-                          out=str(out / "attention"), echo=echo)
-        except ImportError as e:
-            echo(f"(no plots: {e})")
-        (out / "layers.json").write_text(json.dumps({**series, **series_init}, indent=2))
-    (out / "report.md").write_text(md + "\n")
-    return md
+    out.mkdir(parents=True, exist_ok=True)
+    s = SCALES[scale]
+    models = study_models(scale)
+    (out / "models.json").write_text(json.dumps({"scale": scale, "setting": s, "models": models}, indent=2,
+                                                default=list))
+    for seed in s["seeds"]:
+        for kind in ("crate", "vit_params", "vit_flops"):
+            _train_one(study_config(kind, models[kind], seed, out, scale, checkpoints=kind == "crate", device=device),
+                       echo)
+    for lam in s["lams"]:
+        for seed in s["seeds"]:
+            _train_one(study_config("crate", models["crate"], seed, out, scale, lam=lam, device=device), echo)
 
 
-def main(argv: List[str] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/crate-fashion")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--subset", type=int, default=2000)
-    p.add_argument("--test-subset", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--models", nargs="+", default=["crate", "vit"], choices=sorted(MODELS))
-    p.add_argument("--report", action="store_true", help="only write the report from finished runs")
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/crate-study")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
+                   help="cpu: ~20 CPU-minutes at 1 thread; full: all 60k images, CRATE-T-sized, 50 epochs, 5 seeds")
+    p.add_argument("--device", default="cpu", help="train.device of every run (cpu, cuda, auto; default cpu)")
+    p.add_argument("--report", action="store_true", help="only write the report from the finished runs")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if not args.report:
-        train_all(out, args.seeds, args.subset, args.test_subset, args.epochs, args.models)
+    if args.report:
+        from tractable.experiments.crate.study_report import report
+
+        print(report(Path(args.out)))
     else:
-        print(fashion_report(out))
+        train_all(Path(args.out), args.scale, args.device)
     return 0
+
+
+def report(out, echo=print) -> str:  # re-exported for callers of the module
+    from tractable.experiments.crate.study_report import report as _report
+
+    return _report(Path(out), echo=echo)
 
 
 if __name__ == "__main__":
