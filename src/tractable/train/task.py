@@ -58,8 +58,6 @@ def _check_model_task(cfg) -> None:
     except ValueError:
         return  # unknown names are reported where the model is built
     if wanted is not None and wanted != cfg.task:
-        from tractable.train.config import ConfigError
-
         raise ConfigError(f"task: model {cfg.model.name!r} is trained with task={wanted}, got task={cfg.task!r}; "
                           f"set task={wanted}")
 
