@@ -28,6 +28,7 @@ controller: :func:`subspace_of` finds it.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass
@@ -261,6 +262,15 @@ class Subspace:
         if num_samples > 1:
             self._install_multi_sample()
         self._write(self._current)
+
+    def __deepcopy__(self, memo):
+        """Deep-copied with the model (an EMA, ``AveragedModel``): everything but ``model_fn``, which is shared
+        (a factory; it may be bound to an object that must not be copied, e.g. the runner's trainer)."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = v if k == "model_fn" else copy.deepcopy(v, memo)
+        return new
 
     # -- the fast path ----------------------------------------------------------------------------------------
     def _before_forward(self, module, args) -> None:
