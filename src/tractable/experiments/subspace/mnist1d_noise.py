@@ -187,7 +187,11 @@ def _key(method, noise, epochs, seed) -> str:
 
 
 def run(out: Path, *, seeds: int = 3, budgets: Sequence[int] = (8, 15, 30, 60), noises: Sequence[float] = (0.0, 0.3),
-        methods: Sequence[str] = STUDY_METHODS, width: int = 64, lr: float = 0.1, echo=print) -> Dict[str, Any]:
+        methods: Sequence[str] = STUDY_METHODS, width: int = 64, lr: float = 0.1, report_only: bool = False,
+        echo=None) -> Dict[str, Any]:
+    """Train and evaluate every (noise, budget, seed, method) not yet in ``OUT/runs.json``, then write the
+    tables and plots (``report_only``: only the tables and plots, from the runs already there)."""
+    echo = echo or (lambda msg: print(msg, flush=True))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "runs.json"
@@ -195,7 +199,7 @@ def run(out: Path, *, seeds: int = 3, budgets: Sequence[int] = (8, 15, 30, 60), 
     setting = {"seeds": seeds, "budgets": list(budgets), "noises": list(noises), "methods": list(methods),
                "width": width, "lr": lr, "torch": torch.__version__, "threads": torch.get_num_threads()}
     t_start = time.time()
-    for noise in noises:
+    for noise in () if report_only else noises:
         data = _data(noise)
         for epochs in budgets:
             for s in range(seeds):
@@ -215,12 +219,14 @@ def run(out: Path, *, seeds: int = 3, budgets: Sequence[int] = (8, 15, 30, 60), 
                     if need_model:
                         std_models[m] = model
                     main = res.get("midpoint", res.get("model"))
-                    echo(f"{key}: acc {100 * main['acc']:.2f} % (train {t_train:.0f} s, eval {res['eval_s']:.0f} s)",)
+                    echo(f"{key}: acc {100 * main['acc']:.2f} % (train {t_train:.0f} s, eval {res['eval_s']:.0f} s)")
                     cache_path.write_text(json.dumps(cache) + "\n")
                 if len(std_models) == 2:
                     cache[_key("ensemble2", noise, epochs, s)] = {"model": _ensemble(list(std_models.values()), data)}
                     cache_path.write_text(json.dumps(cache) + "\n")
-    results = {"setting": setting, "wall_s": time.time() - t_start, "runs": cache}
+    results = {"setting": setting, "runs": cache}
+    if not report_only:
+        results["wall_s"] = time.time() - t_start
     summary = summarize(cache, seeds=seeds, budgets=budgets, noises=noises)
     results["summary"] = summary
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -333,7 +339,8 @@ def tables(summary, *, seeds, budgets, noises) -> str:
         for e in budgets:
             for label, row in summary[nk].get(f"e{e}", {}).items():
                 same = label == "standard training"
-                parts.append(f"| {label} | {e} | {_fmt(row['acc'])} | {'–' if same else _fmt_d(row['d_acc'])} | "
+                shown = label if row["n"] == seeds else f"{label} (n = {row['n']})"
+                parts.append(f"| {shown} | {e} | {_fmt(row['acc'])} | {'–' if same else _fmt_d(row['d_acc'])} | "
                              f"{_fmt_d(row['dbest_acc'])} | {_fmt(row['nll'], 1, 3)} | "
                              f"{'–' if same else _fmt_d(row['d_nll'], 1, 3)} | {_fmt(row['ece'])} | "
                              f"{'–' if same else _fmt_d(row['d_ece'])} |")
@@ -412,6 +419,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", choices=STUDY_METHODS, default=list(STUDY_METHODS))
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--report", action="store_true", help="only write the tables and plots from OUT/runs.json")
     a = p.parse_args(argv)
     if a.seeds < 1:
         p.error(f"--seeds: expected an int >= 1, got {a.seeds}")
@@ -420,7 +428,7 @@ def main(argv=None) -> int:
     if any(not 0 <= n < 1 for n in a.noise):
         p.error(f"--noise: fractions in [0, 1), got {a.noise}")
     run(Path(a.out), seeds=a.seeds, budgets=tuple(a.budgets), noises=tuple(a.noise), methods=tuple(a.methods),
-        width=a.width, lr=a.lr)
+        width=a.width, lr=a.lr, report_only=a.report)
     return 0
 
 
