@@ -176,7 +176,7 @@ def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "li
         for pn, p in m._parameters.items():
             if p is not None:
                 owners.setdefault(id(p), []).append(f"{name}.{pn}" if name else pn)
-    selected: List[Tuple[str, nn.Module, str, nn.Parameter]] = []
+    selected: Dict[str, Tuple[str, nn.Module, str, nn.Parameter]] = {}  # full name → (module name, module, …)
     for name, m in modules:
         for pn, p in list(m._parameters.items()):
             if p is None or not p.requires_grad or (param_filter is not None and not param_filter(name, pn, p)):
@@ -185,33 +185,32 @@ def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "li
                 raise ValueError(f"convert: parameter {owners[id(p)][0]} is shared (tied) with "
                                  f"{', '.join(owners[id(p)][1:])}; tied weights are not supported (each owner "
                                  "would get its own stored points): untie them or exclude them with param_filter")
-            selected.append((name, m, pn, p))
+            selected[f"{name}.{pn}" if name else pn] = (name, m, pn, p)
     if not selected:
         raise ValueError("convert: no parameter selected (all frozen or excluded by param_filter)")
 
-    extras_models = []
+    built = []
     for i in range(K - 1):
-        built = model_fn()
-        _check_model_fn(model, built, i + 1)
-        extras_models.append(dict(built.named_parameters()))
-    points: Dict[str, List[torch.Tensor]] = {}
+        built.append(model_fn())
+        _check_model_fn(model, built[-1], i + 1)
+    extras = [dict(b.named_parameters()) for b in built]
+    del built
+    points: Dict[str, List[torch.Tensor]] = {}  # full name → the K − 1 extra stored points
     with torch.no_grad():
-        for name, m, pn, p in selected:
-            full = f"{name}.{pn}" if name else pn
+        for full, (_, m, _, p) in selected.items():
             if isinstance(m, NORM_TYPES) and norm_endpoints == "shared":
                 points[full] = [p.detach().clone() for _ in range(K - 1)]
             else:
-                points[full] = [e[full].detach().to(device=p.device, dtype=p.dtype).clone() for e in extras_models]
+                points[full] = [e[full].detach().to(device=p.device, dtype=p.dtype).clone() for e in extras]
                 if kind == "curve" and control_init == "chord":
                     points[full][0] = (p.detach() + points[full][1]) / 2
-    del extras_models
-    regularized = {f"{n}.{pn}" if n else pn: p.dim() >= 2 and not isinstance(m, NORM_TYPES)
-                   for n, m, pn, p in selected}
+    del extras
+    regularized = {full: p.dim() >= 2 and not isinstance(m, NORM_TYPES) for full, (_, m, _, p) in selected.items()}
     if not allow_identical:  # the tensors that must differ: the regularised ones (else all but shared norms)
-        current = {f"{n}.{pn}" if n else pn: (m, p) for n, m, pn, p in selected}
         names = [n for n, r in regularized.items() if r] or [
-            n for n, (m, _) in current.items() if norm_endpoints == "independent" or not isinstance(m, NORM_TYPES)]
-        if names and all(torch.equal(current[n][1], e) for n in names for e in points[n]):
+            n for n, (_, m, _, _) in selected.items()
+            if norm_endpoints == "independent" or not isinstance(m, NORM_TYPES)]
+        if names and all(torch.equal(selected[n][3], e) for n in names for e in points[n]):
             raise ValueError("convert: model_fn() returned the model's own weights, so all stored points are equal "
                              "(cos² = 1, the regulariser's gradient vanishes and the endpoints never separate); "
                              "make model_fn build freshly initialised weights (load a pretrained checkpoint into "
@@ -219,8 +218,7 @@ def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "li
 
     entries: List[_Entry] = []
     group_of: Dict[int, int] = {}
-    for name, m, pn, p in selected:
-        full = f"{name}.{pn}" if name else pn
+    for full, (name, m, pn, p) in selected.items():
         ep = Endpoints(K, points.pop(full), dtype=p.dtype, device=p.device)
         parametrize.register_parametrization(m, pn, ep)
         m.parametrizations[pn]._register_load_state_dict_pre_hook(_stack_legacy_keys)
