@@ -51,3 +51,12 @@ def test_study_command_checks_its_arguments(tmp_path, capsys):
             study.main(["--out", str(tmp_path / "x"), *argv])
         assert e.value.code == 2 and match in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "results.json").write_text("{}")  # someone else's results: never written over
+    with pytest.raises(SystemExit):
+        study.main(["--out", str(tmp_path / "theirs")])
+    assert "not this study's folder" in capsys.readouterr().err
+    assert (tmp_path / "theirs" / "results.json").read_text() == "{}"
+    with pytest.raises(SystemExit):
+        study.main(["--out", str(tmp_path / "new"), "--report"])
+    assert "no runs.json" in capsys.readouterr().err

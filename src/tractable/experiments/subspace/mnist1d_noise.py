@@ -196,6 +196,12 @@ def run(out: Path, *, seeds: int = 3, budgets: Sequence[int] = (8, 15, 30, 60), 
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "runs.json"
     cache: Dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    fixed = {"width": width, "lr": lr}  # what every cached run shares (the other settings are in its key)
+    setting_path = out / "setting.json"
+    if setting_path.is_file() and json.loads(setting_path.read_text()) != fixed:
+        raise ValueError(f"--out {out}: its runs were made with {setting_path.read_text().strip()}, not {fixed}; "
+                         "choose another --out")
+    setting_path.write_text(json.dumps(fixed) + "\n")
     setting = {"seeds": seeds, "budgets": list(budgets), "noises": list(noises), "methods": list(methods),
                "width": width, "lr": lr, "torch": torch.__version__, "threads": torch.get_num_threads()}
     t_start = time.time()
@@ -412,7 +418,8 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n\n")[0],
                                 epilog="example: python -m tractable.experiments.subspace.mnist1d_noise --out "
                                        "runs/subspace-mnist1d")
-    p.add_argument("--out", required=True, help="output folder (a finished study's cache is reused)")
+    p.add_argument("--out", required=True, help="output folder: new, or this study's own (its cached runs are "
+                   "reused and its tables rewritten)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budgets", type=int, nargs="+", default=[8, 15, 30, 60])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3])
@@ -421,13 +428,18 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--report", action="store_true", help="only write the tables and plots from OUT/runs.json")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "runs.json").is_file())):
+        p.error(f"--out: {out} exists and is not this study's folder (no runs.json); choose another --out")
+    if a.report and not (out / "runs.json").is_file():
+        p.error(f"--report: {out} has no runs.json to report")
     if a.seeds < 1:
         p.error(f"--seeds: expected an int >= 1, got {a.seeds}")
     if any(b < 2 for b in a.budgets):
         p.error(f"--budgets: every budget must be >= 2 epochs, got {a.budgets}")
     if any(not 0 <= n < 1 for n in a.noise):
         p.error(f"--noise: fractions in [0, 1), got {a.noise}")
-    run(Path(a.out), seeds=a.seeds, budgets=tuple(a.budgets), noises=tuple(a.noise), methods=tuple(a.methods),
+    run(out, seeds=a.seeds, budgets=tuple(a.budgets), noises=tuple(a.noise), methods=tuple(a.methods),
         width=a.width, lr=a.lr, report_only=a.report)
     return 0
 
