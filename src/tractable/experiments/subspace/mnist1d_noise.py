@@ -310,6 +310,24 @@ def summarize(cache, *, seeds, budgets, noises) -> Dict[str, Any]:
                 row["n"] = len(vals)
                 rows[label] = row
             out[nk][f"e{e}"] = rows
+        # oracle early stopping for every method: its best budget per seed, against standard training's best
+        oracle = {}
+        for label, method, path in ROWS:
+            best = {}
+            for s in range(seeds):
+                runs = [(_get(cache, method, noise, e, s, path), e) for e in budgets]
+                runs = [(r, e) for r, e in runs if r]
+                if runs and len(runs) == len(budgets):
+                    best[s] = max(runs, key=lambda t: t[0]["acc"])
+            if not best:
+                continue
+            row = {"epochs": {s: best[s][1] for s in best}, "n": len(best)}
+            for metric in ("acc", "nll", "ece"):
+                row[metric] = mean_ci([best[s][0][metric] for s in best])
+                d = [best[s][0][metric] - best_std[s][0][metric] for s in best if s in best_std]
+                row[f"dbest_{metric}"] = mean_ci(d) if d else None
+            oracle[label] = row
+        out[nk]["oracle"] = oracle
         out[nk]["best_standard"] = {
             "epochs": {s: best_std[s][1] for s in best_std},
             **{m: mean_ci([best_std[s][0][m] for s in best_std]) for m in ("acc", "nll", "ece")}} if best_std else {}
@@ -350,6 +368,20 @@ def tables(summary, *, seeds, budgets, noises) -> str:
                              f"{_fmt_d(row['dbest_acc'])} | {_fmt(row['nll'], 1, 3)} | "
                              f"{'–' if same else _fmt_d(row['d_nll'], 1, 3)} | {_fmt(row['ece'])} | "
                              f"{'–' if same else _fmt_d(row['d_ece'])} |")
+        oracle = summary[nk].get("oracle")
+        if oracle:
+            parts.append(f"\nEvery method at its best budget per seed (oracle early stopping on the test set, over "
+                         f"{', '.join(map(str, budgets))} epochs), against standard training at its best budget:\n")
+            parts.append("| network | best budget per seed | accuracy (%) | Δ acc (pp) | NLL | Δ NLL | ECE (%) | "
+                         "Δ ECE (pp) |")
+            parts.append("|---|---|---|---|---|---|---|---|")
+            for label, row in oracle.items():
+                shown = label if row["n"] == seeds else f"{label} (n = {row['n']})"
+                same = label == "standard training"
+                parts.append(f"| {shown} | {', '.join(str(row['epochs'][s]) for s in sorted(row['epochs']))} | "
+                             f"{_fmt(row['acc'])} | {'–' if same else _fmt_d(row['dbest_acc'])} | "
+                             f"{_fmt(row['nll'], 1, 3)} | {'–' if same else _fmt_d(row['dbest_nll'], 1, 3)} | "
+                             f"{_fmt(row['ece'])} | {'–' if same else _fmt_d(row['dbest_ece'])} |")
         b = summary[nk].get("best_standard")
         if b:
             parts.append(f"\nbest standard run over budgets (oracle early stopping on the test set): accuracy "
