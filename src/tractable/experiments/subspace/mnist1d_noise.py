@@ -411,6 +411,7 @@ def plot_budgets(summary, noise, budgets, path) -> Path:
         if xs:
             ax.errorbar(xs, ys, yerr=es, fmt=style, ms=4, capsize=2, label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(list(budgets))
     ax.set_xticklabels([str(b) for b in budgets])
     ax.set_xlabel("training budget (epochs, each its own run)")
