@@ -242,7 +242,9 @@ def run(out: Path, *, seeds: int = 3, budgets: Sequence[int] = (8, 15, 30, 60), 
     try:
         for noise in noises:
             plot_budgets(summary, noise, budgets, out / f"budgets_noise{round(100 * noise)}.png")
-            plot_line(cache, noise, max(budgets), seeds, out / f"line_noise{round(100 * noise)}_{max(budgets)}ep.png")
+            longest = max((e for e in budgets if _key("line", noise, e, 0) in cache), default=None)
+            if longest is not None:  # the longest budget with a line run
+                plot_line(cache, noise, longest, seeds, out / f"line_noise{round(100 * noise)}_{longest}ep.png")
     except ImportError as e:  # matplotlib is an optional extra
         echo(f"(no plots: {e})")
     return results
@@ -317,7 +319,8 @@ def summarize(cache, *, seeds, budgets, noises) -> Dict[str, Any]:
             for s in range(seeds):
                 runs = [(_get(cache, method, noise, e, s, path), e) for e in budgets]
                 runs = [(r, e) for r, e in runs if r]
-                if runs and len(runs) == len(budgets):
+                have = [e for e in budgets if _get(cache, "standard", noise, e, s, ("model",))]
+                if runs and s in best_std and [e for _, e in runs] == have:  # the budgets standard training had
                     best[s] = max(runs, key=lambda t: t[0]["acc"])
             if not best:
                 continue
