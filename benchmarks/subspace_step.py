@@ -77,10 +77,12 @@ SETTINGS = {
     "mlp_b1024": ("mlp", {"num_classes": 10, "in_channels": 1, "image_size": 28}, (1, 28, 28), 1024, 5),
 }
 VARIANTS = {"standard": None, "standard_again": None, "line": ("line", None, 1.0),
-            "line_nobeta": ("line", None, 0.0), "line_per_tensor": ("line", None, 1.0, False), "curve": ("curve", None, 1.0), "simplex3": ("simplex", 3, 1.0),
+            "line_nobeta": ("line", None, 0.0), "line_per_tensor": ("line", None, 1.0, False),
+            "curve": ("curve", None, 1.0), "simplex3": ("simplex", 3, 1.0),
             "optimizer_k2": ("optimizer", 2), "optimizer_k3": ("optimizer", 3),
             "floor_k2": ("floor", 2), "floor_k3": ("floor", 3)}
-FLOOR_OF = {"line": "floor_k2", "line_nobeta": "floor_k2", "line_per_tensor": "floor_k2", "curve": "floor_k3", "simplex3": "floor_k3"}
+FLOOR_OF = {"line": "floor_k2", "line_nobeta": "floor_k2", "line_per_tensor": "floor_k2", "curve": "floor_k3",
+            "simplex3": "floor_k3"}
 RETAIN_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
 
 

@@ -41,7 +41,14 @@ Checkpoints: ``model.state_dict()`` only (``torch.save(model)`` is refused for p
 converting a fresh model the same way and ``load_state_dict(..., strict=True)``.
 """
 from tractable.subspace.batchnorm import bn_buffers, load_bn_buffers, recompute_bn_stats
-from tractable.subspace.convert import NORM_TYPES, Subspace, convert, is_subspace_model, point_shape, subspace_of
+from tractable.subspace.convert import (
+    NORM_TYPES,
+    Subspace,
+    convert,
+    is_subspace_model,
+    point_shape,
+    subspace_of,
+)
 from tractable.subspace.evaluate import (
     alpha_grid,
     evaluate_grid,

@@ -400,8 +400,8 @@ def plot_budgets(summary, noise, budgets, path) -> Path:
 
     nk = f"noise{noise:g}"
     fig, ax = new_figure((6.4, 4.2))
-    for label, style in (("standard training", "k-o"), ("SWA", "-s"), ("ensemble of two standard networks (2× compute)",
-                                                                        "--^"),
+    for label, style in (("standard training", "k-o"), ("SWA", "-s"),
+                         ("ensemble of two standard networks (2× compute)", "--^"),
                          ("line midpoint (BN recomputed)", "-D"), ("layerwise line midpoint (BN recomputed)", "-v"),
                          ("line endpoint α = 0", ":x")):
         xs, ys, es = [], [], []
