@@ -18,6 +18,8 @@ one variant after an untimed one, as in a training loop; the variants rotate bet
   per step ``sub.sample(generator)``, the forward at the sampled point, ``+ sub.regularizer(1.0, generator=g)``,
   backward into all K stored points and ``SGD.step()`` over all of them (the optimizer state grows K-fold);
 * ``line_nobeta`` -- the line without the regulariser (what the interpolation alone costs);
+* ``line_per_tensor`` -- the line with ``sub.mix_all = False``: every weight mixed by its own node when the layer
+  reads it, instead of the fast path's one node before the forward (what the fast path buys);
 * ``optimizer_k2`` / ``optimizer_k3`` -- a strict lower bound for any K-point subspace: the standard step on the
   persistent parameters, then each gradient split into K stored points (``c ⊗ g``, one operator per tensor) and
   the optimizer step over the K-fold parameters;
@@ -75,10 +77,12 @@ SETTINGS = {
     "mlp_b1024": ("mlp", {"num_classes": 10, "in_channels": 1, "image_size": 28}, (1, 28, 28), 1024, 5),
 }
 VARIANTS = {"standard": None, "standard_again": None, "line": ("line", None, 1.0),
-            "line_nobeta": ("line", None, 0.0), "curve": ("curve", None, 1.0), "simplex3": ("simplex", 3, 1.0),
+            "line_nobeta": ("line", None, 0.0), "line_per_tensor": ("line", None, 1.0, False),
+            "curve": ("curve", None, 1.0), "simplex3": ("simplex", 3, 1.0),
             "optimizer_k2": ("optimizer", 2), "optimizer_k3": ("optimizer", 3),
             "floor_k2": ("floor", 2), "floor_k3": ("floor", 3)}
-FLOOR_OF = {"line": "floor_k2", "line_nobeta": "floor_k2", "curve": "floor_k3", "simplex3": "floor_k3"}
+FLOOR_OF = {"line": "floor_k2", "line_nobeta": "floor_k2", "line_per_tensor": "floor_k2", "curve": "floor_k3",
+            "simplex3": "floor_k3"}
 RETAIN_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
 
 
@@ -96,11 +100,10 @@ def build(name, kwargs, shape, batch, variant):
     model = fn()
     sub = None
     spec = VARIANTS[variant]
-    if isinstance(spec, tuple) and len(spec) == 3:
-        kind, k, beta = spec
+    if isinstance(spec, tuple) and len(spec) >= 3:
+        kind, k, beta = spec[:3]
         sub = ts.convert(model, fn, kind=kind, k=k)
-        if beta > 0:
-            sub.prepare_regularizer()
+        sub.mix_all = spec[3] if len(spec) > 3 else True
     model.train()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *shape, generator=g)

@@ -240,21 +240,19 @@ def test_regularizer_matches_float64_concatenation():
 @pytest.mark.parametrize("host", [True, False], ids=["host_scalars", "device_scalars"])
 @pytest.mark.parametrize("pairs", [((0, 1),), ((0, 2),), ((0, 1), (0, 2), (1, 2))])
 def test_cos2_value_and_backward_match_autograd_in_float64(pairs, host, monkeypatch):
-    """_Cos2 (forward and hand-written backward, direct path) against autograd on the float64 formula over
-    the concatenated stored points; the routed path (S handed to the mix node) gives the same gradient. Both
-    scalar paths: Python floats (CPU) and device tensors (the CUDA path, forced here on the CPU)."""
+    """cos2 (forward and hand-written backward) against autograd on the float64 formula over the concatenated
+    stored points, and added to the mixing gradient c ⊗ ∂L/∂w by autograd. Both scalar paths: Python floats
+    (CPU) and device tensors (the CUDA path, forced here on the CPU)."""
     import importlib
 
-    from tractable.subspace.convert import _Cos2
+    from tractable.subspace.parametrization import mix
 
-    cv = importlib.import_module("tractable.subspace.convert")  # the module (the package exports the function)
-    from tractable.subspace.parametrization import _MixRouted
-
-    monkeypatch.setattr(cv, "_host_scalars", lambda device: host)
+    reg = importlib.import_module("tractable.subspace.regularizer")
+    monkeypatch.setattr(reg, "_host_scalars", lambda device: host)
 
     g = torch.Generator().manual_seed(0)
     st = [torch.randn(3, *s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((3, 4), (5,))]
-    assert torch.autograd.gradcheck(lambda *t: _Cos2.apply(pairs, 0.7, tuple(t), False, *t), st)
+    assert torch.autograd.gradcheck(lambda *t: reg.cos2(t, pairs, 0.7), st)
 
     def ref(*t):
         flat = torch.cat([x.reshape(3, -1) for x in t], 1)
@@ -262,16 +260,13 @@ def test_cos2_value_and_backward_match_autograd_in_float64(pairs, host, monkeypa
                                   for i, j in pairs]).mean()
 
     want = torch.autograd.grad(ref(*st), st)
-    value = _Cos2.apply(pairs, 0.7, tuple(st), False, *st)
+    value = reg.cos2(st, pairs, 0.7)
     assert torch.allclose(value, ref(*st), rtol=1e-12)
     for a, b in zip(torch.autograd.grad(value, st), want):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
-    # routed: every tensor's mix node receives S and returns c ⊗ ∂L/∂w + S · E
     c = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
-    outs = [_MixRouted.apply(t, c) for t in st]
-    loss = sum((w * w).sum() for w, _ in outs) + _Cos2.apply(pairs, 0.7, tuple(st), True, *[r for _, r in outs])
-    got = torch.autograd.grad(loss, st)
-    for t, a, b in zip(st, got, want):
+    loss = sum((mix(t, c) ** 2).sum() for t in st) + reg.cos2(st, pairs, 0.7)
+    for t, a, b in zip(st, torch.autograd.grad(loss, st), want):
         w = (c.view(3, *[1] * (t.dim() - 1)) * t).sum(0)
         assert torch.allclose(a, b + c.view(3, *[1] * (t.dim() - 1)) * 2 * w, rtol=1e-10, atol=1e-14)
 
@@ -374,8 +369,7 @@ def test_bad_inputs_have_clear_errors():
         ts.convert(model, BNCNN)
     with pytest.raises(ValueError, match="num_samples"):
         ts.convert(BNCNN(), BNCNN, num_samples=0)
-    with pytest.raises(TypeError, match="recurrent"):
-        ts.convert(nn.LSTM(3, 4), lambda: nn.LSTM(3, 4))
+
     def tied():
         net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
         net[1].weight = net[0].weight  # two modules, one Parameter
@@ -427,20 +421,20 @@ def test_tract_on_the_first_layer_of_a_subspace_model():
     assert torch.allclose(sub.endpoint_grad("0.bias", 0), 0.75 * plain[0].bias.grad, atol=1e-7)
 
 
-def test_routed_regularizer_gradient_equals_the_direct_one_and_separate_backwards_work():
-    """With prepare_regularizer() the regulariser's gradient goes through each tensor's mix node, fused with its
-    own gradient; it equals the direct path (separate gradient tensors summed by autograd) up to rounding, also
-    when the loss and the regulariser are backpropagated in two calls."""
+def test_the_regularizer_has_one_gradient_route_before_after_or_apart_from_the_forward():
+    """The regulariser's gradient S·E reaches the stored points directly; autograd adds it to c ⊗ ∂L/∂w. Its
+    place relative to the forward (before, after, or a separate backward) changes nothing, bit for bit."""
     y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(2))
     grads = {}
-    for mode in ("direct", "routed", "two_calls"):
+    for mode in ("after", "before", "two_calls"):
         model, sub = _make(kind="simplex", k=3)
-        if mode != "direct":
-            sub.prepare_regularizer()
         model.train()
         sub.set_point([0.2, 0.5, 0.3])
+        if mode == "before":
+            reg = sub.regularizer(0.8, pairs="all")
         loss = F.cross_entropy(model(X), y)
-        reg = sub.regularizer(0.8, pairs="all")
+        if mode != "before":
+            reg = sub.regularizer(0.8, pairs="all")
         assert reg.grad_fn is not None
         if mode == "two_calls":
             loss.backward()
@@ -448,30 +442,19 @@ def test_routed_regularizer_gradient_equals_the_direct_one_and_separate_backward
         else:
             (loss + reg).backward()
         grads[mode] = {n: sub.stacked(n).grad.clone() for n in sub.tensor_names()}
-    for n, g in grads["direct"].items():
+    for n, g in grads["after"].items():
         assert g.abs().sum() > 0
-        for mode in ("routed", "two_calls"):
-            assert torch.allclose(grads[mode][n], g, rtol=1e-5, atol=1e-7), (mode, n)
+        for mode in ("before", "two_calls"):
+            assert torch.equal(grads[mode][n], g), (mode, n)
 
 
-def test_routed_regularizer_refuses_points_changed_in_place_and_stale_routes_fall_back():
+def test_regularizer_refuses_points_changed_in_place_before_its_backward():
     model, sub = _make(kind="line")
-    sub.prepare_regularizer()
-    model.train()
-    model(X).sum().backward()
+    reg = sub.regularizer(1.0)
     with torch.no_grad():
-        sub.stacked("fc.weight").mul_(1.0)  # an optimizer step: the forward's route is stale
-    reg = sub.regularizer(1.0)  # direct path, still correct
-    reg.backward()
-    model2, sub2 = _make(kind="line")
-    sub2.prepare_regularizer()
-    model2.train()
-    model2(X)
-    reg2 = sub2.regularizer(1.0)  # routed through the forward's nodes
-    with torch.no_grad():
-        sub2.stacked("fc.weight").mul_(1.0)
-    with pytest.raises(RuntimeError, match="modified in place"):
-        reg2.backward()
+        sub.stacked("fc.weight").mul_(1.0)  # an optimizer step between the regulariser and its backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        reg.backward()
 
 
 def test_two_forwards_at_different_points_share_one_backward():
@@ -493,7 +476,7 @@ def test_two_forwards_at_different_points_share_one_backward():
         assert torch.allclose(got[n], ref.stacked(n).grad, rtol=1e-5, atol=1e-7), n
 
 
-def test_fast_getter_matches_parametrize_and_deep_copies_read_their_own_points():
+def test_parametrize_cache_and_deep_copies_read_their_own_points():
     import copy
 
     from torch.nn.utils import parametrize
@@ -515,14 +498,13 @@ def test_fast_getter_matches_parametrize_and_deep_copies_read_their_own_points()
 @pytest.mark.parametrize("kind,k", [("line", None), ("curve", None), ("simplex", 3)])
 def test_one_mixing_node_per_forward_is_bit_identical_to_per_tensor_nodes(kind, k):
     """``mix_all`` (every tensor mixed in one MixAll node by a forward pre-hook) against the per-tensor nodes:
-    the same outputs, the same gradients (with the routed regulariser) bit for bit; the weights of a forward are
-    not reused after it (a direct access or a new point recomputes them)."""
+    the same outputs, the same gradients (with the regulariser) bit for bit; the weights of a forward are not
+    reused after it (a direct access or a new point recomputes them)."""
     y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(2))
     res = {}
     for mode in (True, False):
         model, sub = _make(kind=kind, k=k)
         sub.mix_all = mode
-        sub.prepare_regularizer()
         model.train()
         g = torch.Generator().manual_seed(3)
         sub.sample(g)
@@ -542,14 +524,13 @@ def test_one_mixing_node_per_forward_is_bit_identical_to_per_tensor_nodes(kind, 
 
 def test_compiled_training_step_matches_eager():
     """torch.compile (eager backend) of a subspace model in training: the hook sees tracing and leaves the
-    per-tensor nodes to the compiled graph; gradients (with the routed regulariser) equal the eager ones."""
+    per-tensor path to the compiled graph; gradients (with the regulariser) equal the eager ones."""
     def mk():
         return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
 
     torch.manual_seed(0)
     m = mk()
     sub = ts.convert(m, mk, kind="line")
-    sub.prepare_regularizer()
     cm = torch.compile(m, backend="eager")
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 3, (4,), generator=torch.Generator().manual_seed(2))
@@ -562,22 +543,3 @@ def test_compiled_training_step_matches_eager():
         for n, g in got.items():
             assert torch.allclose(g, sub.stacked(n).grad, atol=1e-6), n
         m.zero_grad()
-
-
-def test_a_direct_weight_access_after_the_forward_does_not_count_the_regulariser_twice():
-    """After a MixAll forward, reading a weight directly (grad enabled) makes a per-tensor route for it; the
-    regulariser still routes through the forward's shared node only, so its gradient matches the direct path."""
-    grads = {}
-    for mode in ("direct", "access"):
-        model, sub = _make(kind="line")
-        if mode == "access":
-            sub.prepare_regularizer()
-        model.train()
-        sub.set_point(0.3)
-        out = model(X).sum()
-        if mode == "access":
-            _ = model.fc.weight  # a per-tensor node with its own route
-        (out + sub.regularizer(2.0)).backward()
-        grads[mode] = {n: sub.stacked(n).grad.clone() for n in sub.tensor_names()}
-    for n, g in grads["direct"].items():
-        assert torch.allclose(grads["access"][n], g, rtol=1e-5, atol=1e-7), n

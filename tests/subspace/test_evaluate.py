@@ -44,7 +44,11 @@ def test_alpha_grid_ensembles_and_bn_per_point():
     model = BNCNN()
     sub = ts.convert(model, BNCNN, kind="line")
     train, test = _data(48, 1), _data(32, 2)
+    sub.set_point(0.3)
+    before_point, before_bn = sub.point, ts.bn_buffers(model)
     res = ts.evaluate_grid(sub, train, test, step=0.05)
+    assert torch.equal(sub.point, before_point)  # the model is left as it was found: point and statistics
+    assert all(torch.equal(b, before_bn[n][k]) for n, bufs in ts.bn_buffers(model).items() for k, b in bufs.items())
     assert len(res["points"]) == 21 and [p["alpha"] for p in res["points"]][:3] == [0.0, 0.05, 0.1]
     assert len(res["pairs"]) == 11
     mid_pair = res["pairs"][-1]
@@ -77,8 +81,11 @@ def test_simplex_and_models_evaluation():
     model = BNCNN()
     sub = ts.convert(model, BNCNN, kind="simplex", k=3)
     train, test = _data(32, 1), _data(32, 2)
+    sub.set_point([0.2, 0.3, 0.5])
+    before_point, before_mean = sub.point, model.bn1.running_mean.clone()
     res = ts.evaluate_simplex(sub, train, test, generator=torch.Generator().manual_seed(0), ensemble_size=2,
                               heatmap_step=0.5)
+    assert torch.equal(sub.point, before_point) and torch.equal(model.bn1.running_mean, before_mean)
     assert len(res["vertices"]) == 3 and res["random_ensemble"]["size"] == 2
     assert len(res["heatmap"]) == 6
     with pytest.raises(ValueError, match="evaluate_simplex"):

@@ -205,3 +205,74 @@ def test_a_model_passed_to_train_gets_endpoints_from_reset_parameters(tmp_path):
     assert res.model is model
     w0, w1 = model[1].parametrizations.weight.original
     assert not torch.allclose(w0, w1)  # independent initialisations, not copies
+    # the factory's draws never repeat the model's own initialisation (convert refuses identical endpoints)
+    from tractable.experiments.subspace.rules import reinit_factory
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    torch.manual_seed(0)
+    fresh = reinit_factory(plain)()
+    assert not torch.allclose(fresh[1].weight, plain[1].weight)
+
+
+def test_point_and_pair_streams_never_share_a_seed(tmp_path, monkeypatch):
+    """Under grad_accum the point of micro-batch j and the regulariser's pair come from different salts."""
+    from tractable.experiments.subspace import rules
+    from tractable.train.loop import Trainer
+
+    salts = []
+    original = Trainer.generator
+
+    def record(self, salt=0, device="cpu"):
+        salts.append((self.step, salt))
+        return original(self, salt, device)
+
+    monkeypatch.setattr(Trainer, "generator", record)
+    train(config_from_dict(tiny_dict(tmp_path, "curve", method={"name": "subspace", "kind": "curve"},
+                                     train={"grad_accum": 4, "epochs": 1})))
+    point = {s for _, s in salts if s != rules._SALT_PAIR}
+    pair = {s for _, s in salts if s == rules._SALT_PAIR}
+    assert len(point) == 4 and pair and not point & pair
+    per_step = {}
+    for step, s in salts:
+        per_step.setdefault(step, []).append(s)
+    assert all(len(set(v)) == 5 for v in per_step.values())  # 4 point streams and the pair stream, all distinct
+
+
+def test_ema_is_evaluated_at_the_midpoint_with_its_own_statistics(tmp_path):
+    """train.ema with a subspace: the EMA copy's stored points are averaged and evaluated at the midpoint with
+    their own recomputed BatchNorm statistics (not at endpoint 0 with the EMA'd training statistics)."""
+    from tractable.experiments.subspace.evaluate import load_run
+
+    res = train(bn_cfg(tmp_path, "ema", {"name": "subspace"}, train={"ema": 0.8}))
+    final = res.summary["final_ema_test"]
+    run = load_run(res.run_dir)
+    state = torch.load(latest_checkpoint(res.run_dir / "checkpoints") / "state.pt", weights_only=True)
+    run.model.load_state_dict(state["ema"]["module"], strict=True)
+    ref = ts.classification_metrics(*ts.evaluate_point(run.sub, 0.5, run.train_loader, run.test_loader))
+    assert final["ema_test_loss"] == pytest.approx(ref["nll"], rel=1e-5)
+    run.model.load_state_dict(state["ema"]["module"], strict=True)  # the EMA'd training statistics again
+    run.sub.set_point(0.0)
+    old = ts.classification_metrics(*ts.predict(run.model, run.test_loader))
+    assert abs(old["nll"] - ref["nll"]) > 1e-4  # what the EMA reported before: a different network
+
+
+def test_bn_every_recomputes_at_every_nth_and_the_last_evaluation_and_the_cache_is_checkpointed(tmp_path):
+    from tractable.experiments.subspace.evaluate import load_run
+
+    res = train(bn_cfg(tmp_path, "every", {"name": "subspace", "bn_every": 2},
+                       train={"epochs": 4, "eval_every": 1, "save_every": 4}))
+    recs = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["subspace_bn_recomputed"] for r in recs if r["kind"] == "epoch"] == [1.0, 0.0, 1.0, 1.0]
+    ckpt = latest_checkpoint(res.run_dir / "checkpoints")
+    rule_state = torch.load(ckpt / "state.pt", weights_only=True)["extra"]["rule"]
+    assert rule_state["evaluations"] == 4 and rule_state["bn_cache_step"] == int(ckpt.name.split("_")[1])
+    run = load_run(res.run_dir)
+    run.sub.load_bn_cache_state(rule_state["bn_cache"])
+    assert run.sub.has_bn(0.5)
+    run.sub.load_bn(0.5)
+    cached = run.model.bn1.running_mean.clone()
+    run.sub.recompute_bn(run.train_loader)
+    assert torch.allclose(cached, run.model.bn1.running_mean, atol=1e-6)
+    with pytest.raises(ConfigError, match="method.bn_every"):
+        config_from_dict(tiny_dict(tmp_path, method={"name": "subspace", "bn_every": 0}))

@@ -15,13 +15,13 @@ and biases excluded). BatchNorm running statistics collected during training des
 are recomputed (cumulative average over training batches, as ``torch.optim.swa_utils.update_bn``) for every
 evaluated point.
 
-Storage and cost. A tensor's K stored points are one Parameter of shape (K, *shape); the forward mixes them in
-one operator (``torch.lerp`` for K = 2) and the backward writes their gradient c ⊗ ∂L/∂w in one more; the
-regulariser's gradient (a K × K matrix S times the stored points) is applied inside the same backward node
-(``Subspace.prepare_regularizer``), so each stored tensor gets one gradient tensor per step. A forward pre-hook
-mixes all tensors of the model in one autograd node before the forward (``Subspace.mix_all``, on by default,
-bit-identical to mixing each tensor when it is accessed), so the small mixing operations run back to back
-instead of between large kernels that leave them cold.
+Storage and the one weight path. A tensor's K stored points are one Parameter of shape (K, *shape); reading the
+weight mixes them in one operator (``torch.lerp`` for K = 2) and the backward writes their gradient c ⊗ ∂L/∂w in
+one more (:mod:`~tractable.subspace.parametrization`). The regulariser's gradient is a K × K matrix S applied as
+S · E (:mod:`~tractable.subspace.regularizer`); autograd adds the two. One fast path, behind
+``Subspace.mix_all`` (on by default): a forward pre-hook mixes every tensor of the model in one node before the
+forward, bit-identical to the per-tensor path. Activation checkpointing, ``torch.compile``, EMA copies
+(:func:`subspace_of`), LSTM/GRU and shape-based parameter groups (:func:`point_shape`) work on a converted model.
 
 Usage in your own loop::
 
@@ -41,7 +41,14 @@ Checkpoints: ``model.state_dict()`` only (``torch.save(model)`` is refused for p
 converting a fresh model the same way and ``load_state_dict(..., strict=True)``.
 """
 from tractable.subspace.batchnorm import bn_buffers, load_bn_buffers, recompute_bn_stats
-from tractable.subspace.convert import NORM_TYPES, Subspace, convert, is_subspace_model
+from tractable.subspace.convert import (
+    NORM_TYPES,
+    Subspace,
+    convert,
+    is_subspace_model,
+    point_shape,
+    subspace_of,
+)
 from tractable.subspace.evaluate import (
     alpha_grid,
     evaluate_grid,
@@ -57,6 +64,8 @@ __all__ = [
     "convert",
     "Subspace",
     "is_subspace_model",
+    "subspace_of",
+    "point_shape",
     "NORM_TYPES",
     "KINDS",
     "line_coeffs",

@@ -1,7 +1,7 @@
-"""``convert(model, model_fn, kind, k, layerwise, ...)`` and the :class:`Subspace` controller it returns.
+"""``convert(model, model_fn, kind, ...)`` and the :class:`Subspace` controller it returns.
 
-Conversion registers one :class:`~tractable.subspace.parametrization.Endpoints` parametrization on every
-selected parameter of ``model`` (in place): the parameter becomes ``<module>.parametrizations.<name>.original``
+**The flow.** Conversion registers one :class:`~tractable.subspace.parametrization.Endpoints` parametrization on
+every selected parameter of ``model`` (in place): the parameter becomes ``<module>.parametrizations.<name>.original``
 of shape (K, *shape), its K stored points stacked along the first dimension, in this order:
 
 * line: [ω₀ (the model's current value), ω₁ (from a fresh ``model_fn()``)];
@@ -9,44 +9,47 @@ of shape (K, *shape), its K stored points stacked along the first dimension, in 
 * simplex with k vertices: [ω₀, ω₁ … ω_{k−1}] (k − 1 ``model_fn()`` calls).
 
 Norm-layer affine parameters start identical on every endpoint by default (``norm_endpoints="shared"``, as in
-the paper); ``"independent"`` takes them from ``model_fn()`` too. Parameters with ``requires_grad=False`` are left
-alone (a frozen backbone stays one network); ``param_filter(module_name, param_name, param) -> bool`` narrows
-the selection further.
+the paper); ``"independent"`` takes them from ``model_fn()`` too. Parameters with ``requires_grad=False`` stay
+single (a frozen backbone stays one network); ``param_filter(module_name, param_name, param) -> bool`` narrows
+the selection. Recurrent layers (``nn.LSTM``/``GRU``) convert like any other: they read their weights through
+the parametrized attributes at every forward. Tied parameters (one Parameter owned by two modules) are refused.
 
-The :class:`Subspace` only sets coefficient vectors as the parametrizations' ``coeffs`` buffers: one vector
-for all modules (global), or one per module (``layerwise``; a module's weight and bias share it). Every point
-is a new small tensor (never an in-place write), so two forwards at different points can share one backward.
-It never owns tensors the model does not, so the model's own ``state_dict`` is the checkpoint: restore by
-converting a fresh model the same way and calling ``load_state_dict(strict=True)``.
+**A step.** :meth:`Subspace.sample` draws a point and writes it as new ``coeffs`` tensors (one vector for all
+modules, or one per module when ``layerwise``; a module's weight and bias share it). The forward reads each
+weight as ``Σ_i c_i E[i]`` (:mod:`~tractable.subspace.parametrization`: one weight path, and one fast path behind
+:attr:`Subspace.mix_all`). :meth:`Subspace.regularizer` returns β·cos² whose gradient S·E reaches the stored
+points directly (:mod:`~tractable.subspace.regularizer`). The backward gives each stored tensor
+c ⊗ ∂L/∂w + S·E.
+
+**State.** The :class:`Subspace` never owns tensors the model does not (BatchNorm statistics cached per point
+aside), so the model's own ``state_dict`` is the checkpoint: restore by converting a fresh model the same way and
+calling ``load_state_dict(strict=True)``. A deep copy of the model (an EMA, ``AveragedModel``) carries its own
+controller: :func:`subspace_of` finds it.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from tractable.subspace import batchnorm as _bn
-from tractable.subspace.geometry import Point, canonical_point, check_kind, point_coeffs, sample_coeffs, sample_rows
-from tractable.subspace.parametrization import (
-    Endpoints,
-    MixAll,
-    _stack_legacy_keys,
-    combine_points,
-    install_fast_getter,
-)
+from tractable.subspace.geometry import Point, canonical_point, check_kind, point_coeffs, sample_coeffs
+from tractable.subspace.parametrization import Endpoints, MixAll, _stack_legacy_keys
+from tractable.subspace.regularizer import cos2
 
-__all__ = ["convert", "Subspace", "NORM_TYPES", "is_subspace_model"]
+__all__ = ["convert", "Subspace", "NORM_TYPES", "is_subspace_model", "subspace_of", "point_shape"]
 
 NORM_TYPES: Tuple[type, ...] = tuple(t for t in (
     nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
     getattr(nn, "RMSNorm", None), nn.LocalResponseNorm) if t is not None)
 _PARAM_RE = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original$")
-_UNSUPPORTED = (nn.RNNBase,)
+_ATTR = "_tractable_subspace"  # the controller, on the model (a deep copy of the model copies it along)
 
 
 @dataclass
@@ -63,24 +66,32 @@ class _Entry:
     def name(self) -> str:
         return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
 
-    def stacked(self) -> nn.Parameter:
-        """The (K, *shape) Parameter holding the K stored points (looked up live: ``.to()`` may replace it)."""
-        return self.module.parametrizations[self.param_name].original
-
     @property
     def key(self) -> str:
         prefix = f"{self.module_name}." if self.module_name else ""
         return f"{prefix}parametrizations.{self.param_name}.original"
 
+    def stacked(self) -> nn.Parameter:
+        """The (K, *shape) Parameter of the K stored points (looked up live: ``.to()`` may replace it)."""
+        return self.module.parametrizations[self.param_name].original
+
 
 def is_subspace_model(model: nn.Module) -> bool:
     """Whether ``model`` already holds subspace parametrizations."""
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            for plist in m.parametrizations.values():
-                if any(isinstance(p, Endpoints) for p in plist):
-                    return True
-    return False
+    return any(isinstance(m, Endpoints) for m in model.modules())
+
+
+def subspace_of(model: nn.Module) -> Optional["Subspace"]:
+    """The :class:`Subspace` controlling ``model`` (or a deep copy of a converted model, e.g. an EMA's), else None."""
+    return getattr(model, _ATTR, None)
+
+
+def point_shape(p: torch.Tensor) -> torch.Size:
+    """The shape of one stored point of a stacked subspace Parameter (``p.shape[1:]``), else ``p.shape``.
+
+    For rules written on shapes: ``len(point_shape(p)) <= 1`` selects biases and norm weights on a converted
+    model, where ``p.ndim <= 1`` would select nothing (a stacked bias is 2-D)."""
+    return p.shape[1:] if getattr(p, "subspace_points", None) else p.shape
 
 
 def _check_model_fn(model: nn.Module, built: nn.Module, i: int) -> None:
@@ -113,11 +124,12 @@ def _check_model_fn(model: nn.Module, built: nn.Module, i: int) -> None:
 def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "line", k: Optional[int] = None,
             layerwise: bool = False, *, num_samples: int = 1,
             param_filter: Optional[Callable[[str, str, nn.Parameter], bool]] = None,
-            norm_endpoints: str = "shared", control_init: str = "independent") -> "Subspace":
+            norm_endpoints: str = "shared", control_init: str = "independent",
+            allow_identical: bool = False) -> "Subspace":
     """Turn ``model`` into a subspace model in place; returns its :class:`Subspace` controller.
 
     Args:
-        model: any ``nn.Module`` (Linear, Conv, norm, attention, Embedding … parameters).
+        model: any ``nn.Module`` (Linear, Conv, norm, attention, Embedding, LSTM/GRU … parameters).
         model_fn: builds the same architecture with fresh weights; called K − 1 times for the extra endpoints,
             so any custom initialisation is reproduced. It must build *exactly* the model's architecture.
         kind: ``"line"`` (K = 2), ``"curve"`` (quadratic Bezier, K = 3 with a trainable middle point) or
@@ -131,6 +143,9 @@ def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "li
             ``"independent"``.
         control_init: curve only: ``"independent"`` (from ``model_fn()``) or ``"chord"`` (midpoint of the
             two ends).
+        allow_identical: accept stored points that are all equal (e.g. a ``model_fn`` that loads pretrained
+            weights: cos² = 1, the regulariser's gradient vanishes and the endpoints never separate). By
+            default this raises.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
@@ -156,57 +171,60 @@ def convert(model: nn.Module, model_fn: Callable[[], nn.Module], kind: str = "li
         raise ValueError("convert: the model is already a subspace model (it holds subspace parametrizations)")
 
     modules = list(model.named_modules())  # registration adds submodules: never iterate the live generator
-    for name, m in modules:
-        if isinstance(m, _UNSUPPORTED) and any(p.requires_grad for p in m.parameters(recurse=False)):
-            if param_filter is None or any(param_filter(name, pn, p) for pn, p in m.named_parameters(recurse=False)):
-                raise TypeError(f"convert: {name or '<root>'} is a {type(m).__name__}; recurrent layers keep flat "
-                                "weight buffers that parametrizations bypass. Exclude it with param_filter")
     owners: Dict[int, List[str]] = {}
     for name, m in modules:
         for pn, p in m._parameters.items():
             if p is not None:
                 owners.setdefault(id(p), []).append(f"{name}.{pn}" if name else pn)
-    selected: List[Tuple[str, nn.Module, str, nn.Parameter]] = []
+    selected: Dict[str, Tuple[str, nn.Module, str, nn.Parameter]] = {}  # full name → (module name, module, …)
     for name, m in modules:
         for pn, p in list(m._parameters.items()):
-            if p is None or not p.requires_grad:
-                continue
-            if param_filter is not None and not param_filter(name, pn, p):
+            if p is None or not p.requires_grad or (param_filter is not None and not param_filter(name, pn, p)):
                 continue
             if len(owners[id(p)]) > 1:
                 raise ValueError(f"convert: parameter {owners[id(p)][0]} is shared (tied) with "
-                                 f"{', '.join(owners[id(p)][1:])}; tied weights are not supported, untie them or "
-                                 "exclude them with param_filter")
-            selected.append((name, m, pn, p))
+                                 f"{', '.join(owners[id(p)][1:])}; tied weights are not supported (each owner "
+                                 "would get its own stored points): untie them or exclude them with param_filter")
+            selected[f"{name}.{pn}" if name else pn] = (name, m, pn, p)
     if not selected:
         raise ValueError("convert: no parameter selected (all frozen or excluded by param_filter)")
 
-    extras_models = []
+    built = []
     for i in range(K - 1):
-        built = model_fn()
-        _check_model_fn(model, built, i + 1)
-        extras_models.append(dict(built.named_parameters()))
+        built.append(model_fn())
+        _check_model_fn(model, built[-1], i + 1)
+    extras = [dict(b.named_parameters()) for b in built]
+    del built
+    points: Dict[str, List[torch.Tensor]] = {}  # full name → the K − 1 extra stored points
+    with torch.no_grad():
+        for full, (_, m, _, p) in selected.items():
+            if isinstance(m, NORM_TYPES) and norm_endpoints == "shared":
+                points[full] = [p.detach().clone() for _ in range(K - 1)]
+            else:
+                points[full] = [e[full].detach().to(device=p.device, dtype=p.dtype).clone() for e in extras]
+                if kind == "curve" and control_init == "chord":
+                    points[full][0] = (p.detach() + points[full][1]) / 2
+    del extras
+    regularized = {full: p.dim() >= 2 and not isinstance(m, NORM_TYPES) for full, (_, m, _, p) in selected.items()}
+    if not allow_identical:  # the tensors that must differ: the regularised ones (else all but shared norms)
+        names = [n for n, r in regularized.items() if r] or [
+            n for n, (_, m, _, _) in selected.items()
+            if norm_endpoints == "independent" or not isinstance(m, NORM_TYPES)]
+        if names and all(torch.equal(selected[n][3], e) for n in names for e in points[n]):
+            raise ValueError("convert: model_fn() returned the model's own weights, so all stored points are equal "
+                             "(cos² = 1, the regulariser's gradient vanishes and the endpoints never separate); "
+                             "make model_fn build freshly initialised weights (load a pretrained checkpoint into "
+                             "endpoint 0 only with Subspace.load_plain_state_dict), or pass allow_identical=True")
 
     entries: List[_Entry] = []
     group_of: Dict[int, int] = {}
-    for name, m, pn, p in selected:
-        full = f"{name}.{pn}" if name else pn
-        is_norm = isinstance(m, NORM_TYPES)
-        regularized = p.dim() >= 2 and not is_norm  # before registration: parametrize set_()s p to (K, *shape)
-        with torch.no_grad():
-            if is_norm and norm_endpoints == "shared":
-                extras = [p.detach().clone() for _ in range(K - 1)]
-            else:
-                extras = [e[full].detach().to(device=p.device, dtype=p.dtype).clone() for e in extras_models]
-                if kind == "curve" and control_init == "chord":
-                    extras[0] = (p.detach() + extras[1]) / 2
-        ep = Endpoints(K, extras, dtype=p.dtype, device=p.device)
+    for full, (name, m, pn, p) in selected.items():
+        ep = Endpoints(K, points.pop(full), dtype=p.dtype, device=p.device)
         parametrize.register_parametrization(m, pn, ep)
         m.parametrizations[pn]._register_load_state_dict_pre_hook(_stack_legacy_keys)
-        install_fast_getter(m, pn)
+        m.parametrizations[pn].original.subspace_points = K
         group = group_of.setdefault(id(m), len(group_of))
-        entries.append(_Entry(name, pn, m, ep, group, is_norm, regularized=regularized))
-    del extras_models
+        entries.append(_Entry(name, pn, m, ep, group, isinstance(m, NORM_TYPES), regularized[full]))
     return Subspace(model, model_fn, kind, K, entries, layerwise=layerwise, num_samples=num_samples)
 
 
@@ -214,7 +232,7 @@ class Subspace:
     """Controller of a converted model: points, sampling, regulariser, BN statistics, export.
 
     Attributes: ``model``, ``kind``, ``K`` (stored points per tensor), ``layerwise``, ``num_samples``,
-    ``num_groups`` (modules with subspace tensors).
+    ``num_groups`` (modules with subspace tensors), ``mix_all`` (the fast path, see below).
     """
 
     def __init__(self, model: nn.Module, model_fn: Callable[[], nn.Module], kind: str, K: int,
@@ -231,56 +249,45 @@ class Subspace:
         self._table: Optional[torch.Tensor] = None  # (S, G, K) draws of a multi-sample step
         self._slots = [(e.endpoints._buffers, e.group) for e in entries]
         self._current = point_coeffs(kind, K, 0.0 if kind != "simplex" else [1.0] + [0.0] * (K - 1))[None]
+        #: The fast path: a forward pre-hook computes every weight of the forward in one MixAll node
+        #: (bit-identical to the per-tensor path). It steps aside under torch.compile tracing, inside
+        #: parametrize.cached() and for num_samples > 1; set False to always mix per tensor (the runner does
+        #: under DDP, so that gradients become ready layer by layer and DDP overlaps its all-reduce).
         self.mix_all = True
-        self._batch_route = None  # (route, [(stacked, version) of the routed tensors]) of the latest forward
-        self._batched: List[Endpoints] = []
         self._hooks = [model.register_forward_pre_hook(self._before_forward),
                        model.register_forward_hook(self._after_forward, always_call=True)]
+        object.__setattr__(model, _ATTR, self)
         if num_samples > 1:
             self._install_multi_sample()
         self._write(self._current)
 
-    # -- one mixing node per forward -------------------------------------------------------------------------
+    def __deepcopy__(self, memo):
+        """Deep-copied with the model (an EMA, ``AveragedModel``): everything but ``model_fn``, which is shared
+        (a factory; it may be bound to an object that must not be copied, e.g. the runner's trainer)."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = v if k == "model_fn" else copy.deepcopy(v, memo)
+        return new
+
+    # -- the fast path ----------------------------------------------------------------------------------------
     def _before_forward(self, module, args) -> None:
-        """Compute every subspace tensor of this forward in one :class:`MixAll` node (``mix_all``): the getters
-        then return them. Skipped under ``torch.compile`` tracing and inside ``parametrize.cached()`` (those use
-        the per-tensor nodes, whose results are bit-identical)."""
-        self._clear_batch()
-        if not self.mix_all or parametrize._cache_enabled or _compiling():
+        self._clear_now()
+        if not self.mix_all or self._table is not None or parametrize._cache_enabled or _compiling():
             return
-        stacked, coeffs, routed = [], [], []
-        for e in self._entries:
-            t = e.stacked()
-            c = e.endpoints._buffers["coeffs"]
-            if c.dtype != t.dtype or c.device != t.device:
-                c = c.to(device=t.device, dtype=t.dtype)
-            stacked.append(t)
-            coeffs.append(c)
-            routed.append(e.endpoints.routed and torch.is_grad_enabled() and t.requires_grad)
-        *ws, route = MixAll.apply(coeffs, routed, *stacked)
-        for e, w in zip(self._entries, ws):
+        stacked = [e.stacked() for e in self._entries]
+        coeffs = [e.endpoints.coeffs for e in self._entries]
+        coeffs = [c if (c.dtype, c.device) == (t.dtype, t.device) else c.to(device=t.device, dtype=t.dtype)
+                  for c, t in zip(coeffs, stacked)]
+        for e, w in zip(self._entries, MixAll.apply(coeffs, *stacked)):
             e.endpoints._now = w
-        self._batched = [e.endpoints for e in self._entries]
-        if any(routed):
-            self._batch_route = (route, [(t, t._version) for t, r in zip(stacked, routed) if r])
 
     def _after_forward(self, module, args, output) -> None:
-        self._clear_batch()
+        self._clear_now()
 
-    def _clear_batch(self) -> None:
-        for ep in self._batched:
-            ep._now = None
-        self._batched = []
-
-    def _live_batch_route(self, stacked: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The shared route of the latest forward's :class:`MixAll` if it routed exactly ``stacked``, unchanged."""
-        br = self._batch_route
-        if br is None or len(br[1]) != len(stacked):
-            return None
-        for (t, v), s in zip(br[1], stacked):
-            if t is not s or t._version != v:
-                return None
-        return br[0]
+    def _clear_now(self) -> None:
+        for e in self._entries:
+            e.endpoints._now = None
 
     # -- introspection ---------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -295,15 +302,12 @@ class Subspace:
         """Original (canonical) names of the subspace parameters, e.g. ``conv1.weight``."""
         return [e.name for e in self._entries]
 
-    def _entry(self, name: str, what: str) -> _Entry:
-        for e in self._entries:
-            if e.name == name:
-                return e
-        raise KeyError(f"{what}: {name!r} is not a subspace parameter; some names: {self.tensor_names()[:6]}")
-
     def stacked(self, name: str) -> nn.Parameter:
         """The (K, *shape) Parameter of the subspace tensor with canonical name ``name`` (``conv1.weight``)."""
-        return self._entry(name, "stacked").stacked()
+        for e in self._entries:
+            if e.name == name:
+                return e.stacked()
+        raise KeyError(f"{name!r} is not a subspace parameter; some names: {self.tensor_names()[:6]}")
 
     def endpoint(self, name: str, i: int) -> torch.Tensor:
         """Stored point ``i`` of ``name``: a view of row ``i`` of its stacked Parameter (writable under
@@ -319,7 +323,7 @@ class Subspace:
 
     @staticmethod
     def canonical_name(name: str) -> str:
-        """``a.parametrizations.w.original3`` → ``a.w`` (any other name unchanged)."""
+        """``a.parametrizations.w.original`` → ``a.w`` (any other name unchanged)."""
         m = _PARAM_RE.match(name)
         if not m:
             return name
@@ -330,50 +334,34 @@ class Subspace:
         """Current coefficients, (num_groups, K) float64 (every row equal unless layerwise)."""
         return self._current.expand(self.num_groups, self.K).clone()
 
+    def canonical_point(self) -> Point:
+        """α = 0.5 (line, curve) or the simplex centroid."""
+        return canonical_point(self.kind, self.K)
+
     # -- writing points --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _write(self, coeffs: torch.Tensor, uniform: bool = False) -> None:
-        """coeffs: (G, K) float64 on the CPU → every parametrization's ``coeffs`` buffer. One new tensor per
-        (device, dtype) of the stored points, shared by every parametrization (rows of it when layerwise): no
-        in-place write, so a graph that saved the previous point keeps it. ``uniform``: the caller guarantees
-        that every row is equal."""
-        self._clear_batch()  # a new point: weights computed for the old one must not be reused
+    def _write(self, coeffs: torch.Tensor) -> None:
+        """coeffs: (K,) or (G, K) float64 on the CPU → every parametrization's ``coeffs`` buffer: one new tensor
+        per (device, dtype) (rows of it when the rows differ), never an in-place write, so a graph that used the
+        previous point keeps it."""
+        self._clear_now()  # a new point: weights computed for the old one must not be reused
         if coeffs.dim() == 1:
             coeffs = coeffs[None]
-        src = coeffs[:1] if uniform or coeffs.shape[0] == 1 else coeffs
+        src = coeffs[:1] if bool((coeffs == coeffs[:1]).all()) else coeffs
         self._current = src  # (1, K) stands for every module
         made: Dict[Tuple[torch.device, torch.dtype], Tuple[torch.Tensor, ...]] = {}
         for bufs, group in self._slots:
             old = bufs["coeffs"]
             rows = made.get((old.device, old.dtype))
-            if rows is None:  # one conversion and one unbind per (device, dtype): no per-tensor operator calls
+            if rows is None:
                 rows = made[(old.device, old.dtype)] = src.to(device=old.device, dtype=old.dtype,
                                                               non_blocking=True).unbind(0)
             bufs["coeffs"] = rows[0] if len(rows) == 1 else rows[group]
 
-    @torch.no_grad()
-    def _write_values(self, values: List[float]) -> torch.Tensor:
-        """The per-step fast path of :meth:`_write` for one point shared by every module: each (device, dtype)
-        gets its coefficient tensor straight from the Python floats (rounded once, as ``.to(dtype)`` would)."""
-        self._clear_batch()
-        row = torch.tensor(values, dtype=torch.float64)
-        self._current = row
-        made: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        for bufs, _ in self._slots:
-            old = bufs["coeffs"]
-            t = made.get((old.device, old.dtype))
-            if t is None:
-                t = torch.tensor(values, dtype=old.dtype)
-                if old.device.type != "cpu":
-                    t = t.to(old.device, non_blocking=True)
-                made[(old.device, old.dtype)] = t
-            bufs["coeffs"] = t
-        return row
-
     def set_point(self, point: Point) -> torch.Tensor:
         """Put every module at ``point``: α in [0, 1] (line, curve) or simplex weights (length k, ≥ 0, sum 1)."""
         c = point_coeffs(self.kind, self.K, point)
-        self._write(c.expand(self.num_groups, self.K), uniform=True)
+        self._write(c)
         return c
 
     def set_coeffs(self, coeffs: torch.Tensor) -> None:
@@ -394,54 +382,36 @@ class Subspace:
         Seed the generator from (seed, step) so that every DDP rank draws the same point.
         """
         S, G = self.num_samples, (self.num_groups if self.layerwise else 1)
-        if S == 1 and G == 1:  # the common case: one point for the whole network
-            values = sample_rows(self.kind, self.K, generator, 1)[0]
-            self._table = None
-            return self._write_values(values)
         draws = sample_coeffs(self.kind, self.K, generator, S * G).reshape(S, G, self.K)
-        table = draws.expand(S, self.num_groups, self.K).clone() if G == 1 else draws
-        self._table = table if S > 1 else None
-        self._write(table[0])
+        self._table = draws if S > 1 else None
+        self._write(draws[0])
         out = draws[:, 0] if G == 1 else draws
         return out[0] if S == 1 else out
 
     def _install_multi_sample(self) -> None:
-        model, sub = self.model, self
-        inner = model.forward
+        self._inner_forward = type(self.model).forward
+        self.model.forward = self._multi_sample_forward  # a bound method: a deep copy of the model gets its own
 
-        def forward(*args, **kwargs):
-            table = sub._table
-            if table is None or not (model.training and torch.is_grad_enabled()) or not args:
-                return inner(*args, **kwargs)
-            x = args[0]
-            S = table.shape[0]
-            if x.shape[0] < S:
-                raise ValueError(f"num_samples={S}: the batch has only {x.shape[0]} samples")
-            chunks = [x.tensor_split(S)]
-            for a in args[1:]:
-                chunks.append(a.tensor_split(S) if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1]
-                              else [a] * S)
-            outs = []
-            for s in range(S):  # every _write makes new coefficient tensors: each chunk's graph keeps its own
-                sub._write(table[s])
-                outs.append(inner(*(c[s] for c in chunks), **kwargs))
-            return torch.cat(outs)
-
-        model.forward = forward
+    def _multi_sample_forward(self, *args, **kwargs):
+        """num_samples S > 1: in a training forward with autograd on, chunk s of the batch runs at draw s."""
+        model, table = self.model, self._table
+        if table is None or not (model.training and torch.is_grad_enabled()) or not args:
+            return self._inner_forward(model, *args, **kwargs)
+        x = args[0]
+        S = table.shape[0]
+        if x.shape[0] < S:
+            raise ValueError(f"num_samples={S}: the batch has only {x.shape[0]} samples")
+        chunks = [x.tensor_split(S)]
+        for a in args[1:]:
+            chunks.append(a.tensor_split(S) if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1]
+                          else [a] * S)
+        outs = []
+        for s in range(S):  # every _write makes new coefficient tensors: each chunk's graph keeps its own
+            self._write(table[s])
+            outs.append(self._inner_forward(model, *(c[s] for c in chunks), **kwargs))
+        return torch.cat(outs)
 
     # -- regulariser and monitoring --------------------------------------------------------------------------
-    def _regularized(self) -> List[_Entry]:
-        return [e for e in self._entries if e.regularized]
-
-    def prepare_regularizer(self) -> None:
-        """Let training forwards of the regularised tensors open a gradient route for :meth:`regularizer`, so
-        that the regulariser's gradient is applied inside each tensor's own backward node (one gradient tensor
-        per stored tensor and step). :meth:`regularizer` calls this itself on its first use with β > 0 (that
-        one call takes the separate path); call it before the first step when the first step must be
-        bit-identical to the later ones (a resumed run: the runner's ``subspace`` rule does)."""
-        for e in self._regularized():
-            e.endpoints.routed = True
-
     def regularizer(self, beta: float = 1.0, *, pairs: str = "random",
                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """β · cos²(ω_i, ω_j) over the concatenation of all regularised tensors (paper Eq. 3).
@@ -449,19 +419,16 @@ class Subspace:
         Regularised: tensors with ``ndim >= 2`` not owned by a norm layer (conv/linear/attention/embedding
         weights; norm parameters and biases are excluded). ``pairs="random"``: one unordered pair i ≠ j of the
         K stored points drawn from ``generator`` (a line has one pair, so it is deterministic); ``"all"``: the
-        mean over all K(K−1)/2 pairs. Computed in float32 from three accumulated scalars per pair.
-
-        After a training forward (and :meth:`prepare_regularizer`), its gradient reaches the stored points
-        through that forward's mix nodes, fused with their own gradient; otherwise directly. Both give the same
-        gradient up to rounding, and a separate ``regularizer(...).backward()`` works either way.
+        mean over all K(K−1)/2 pairs. Its gradient reaches the stored points directly (before or after the
+        forward, in the same backward or a separate one).
         """
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
             raise ValueError(f"beta: the regulariser weight must be a finite number >= 0, got {beta!r}")
         if pairs not in ("random", "all"):
             raise ValueError(f"pairs: {pairs!r} is not accepted; accepted values: 'random', 'all'")
-        regs = self._regularized()
+        regs = [e.stacked() for e in self._entries if e.regularized]
         if beta == 0 or not regs:
-            return torch.zeros((), device=regs[0].stacked().device if regs else torch.device("cpu"))
+            return torch.zeros((), device=regs[0].device if regs else torch.device("cpu"))
         if pairs == "all":
             pair_list = [(i, j) for i in range(self.K) for j in range(i + 1, self.K)]
         elif self.K == 2:
@@ -472,19 +439,7 @@ class Subspace:
                                  "generator= (seeded from (seed, step) so every rank draws the same pair)")
             i, j = torch.randperm(self.K, generator=generator, device=generator.device)[:2].tolist()
             pair_list = [(min(i, j), max(i, j))]
-        stacked = tuple(e.stacked() for e in regs)  # looked up per call: load_state_dict/.to() keep them valid
-        routes = [e.endpoints.live_route(t) for e, t in zip(regs, stacked)]
-        if not regs[0].endpoints.routed:
-            self.prepare_regularizer()
-        else:  # after a training forward: the gradient goes through its mixing node(s)
-            # the forward's shared MixAll route first, and alone: its node applies S to every tensor it routed, so
-            # also passing a per-tensor route made by a later direct access would count S twice for that tensor
-            shared = self._live_batch_route(stacked)
-            if shared is not None:
-                return _Cos2.apply(tuple(pair_list), float(beta), stacked, True, shared)
-            if all(r is not None for r in routes):
-                return _Cos2.apply(tuple(pair_list), float(beta), stacked, True, *routes)
-        return _Cos2.apply(tuple(pair_list), float(beta), stacked, False, *stacked)
+        return cos2(regs, pair_list, beta)
 
     @torch.no_grad()
     def stats(self) -> Dict[str, float]:
@@ -502,13 +457,14 @@ class Subspace:
                 gram += g
         iu = torch.triu_indices(K, K, 1)
         d = torch.diagonal(gram)
-        cos2 = (gram ** 2 / (d[:, None] * d[None, :]).clamp_min(1e-300))[iu[0], iu[1]]
+        cos2_all = (gram ** 2 / (d[:, None] * d[None, :]).clamp_min(1e-300))[iu[0], iu[1]]
         l2 = dist.clamp_min(0).sqrt()[iu[0], iu[1]]
-        return {"cos2_mean": float(cos2.mean()), "l2": float(l2.mean())}
+        return {"cos2_mean": float(cos2_all.mean()), "l2": float(l2.mean())}
 
     # -- BatchNorm -------------------------------------------------------------------------------------------
-    def _key(self) -> Tuple[float, ...]:
-        return tuple(round(float(v), 12) for v in self._current.expand(self.num_groups, self.K).flatten())
+    def _key(self, coeffs: Optional[torch.Tensor] = None) -> Tuple[float, ...]:
+        c = self._current if coeffs is None else coeffs
+        return tuple(round(float(v), 12) for v in c.expand(self.num_groups, self.K).flatten())
 
     def recompute_bn(self, loader: Iterable, num_batches: Optional[int] = None, *, cache: bool = True,
                      device=None) -> int:
@@ -529,12 +485,26 @@ class Subspace:
 
     def has_bn(self, point: Point) -> bool:
         """Whether BatchNorm statistics for ``point`` are cached."""
-        c = point_coeffs(self.kind, self.K, point)
-        key = tuple(round(float(v), 12) for v in c.expand(self.num_groups, self.K).flatten())
-        return key in self._bn_cache
+        return self._key(point_coeffs(self.kind, self.K, point)) in self._bn_cache
 
     def clear_bn_cache(self) -> None:
         self._bn_cache.clear()
+
+    def bn_cache_state(self) -> Dict[str, Any]:
+        """The BatchNorm cache as tensors and plain values (for a checkpoint); :meth:`load_bn_cache_state`."""
+        return {"points": [list(k) for k in self._bn_cache],
+                "buffers": [{f"{n}.{b}": v.detach().cpu().clone() for n, bufs in c.items() for b, v in bufs.items()}
+                            for c in self._bn_cache.values()]}
+
+    def load_bn_cache_state(self, state: Dict[str, Any]) -> None:
+        self._bn_cache = {}
+        device = next(iter(self.model.buffers()), torch.zeros(())).device
+        for point, flat in zip(state.get("points", []), state.get("buffers", [])):
+            bufs: Dict[str, Dict[str, torch.Tensor]] = {}
+            for key, v in flat.items():
+                n, b = key.rsplit(".", 1) if "." in key else ("", key)
+                bufs.setdefault(n, {})[b] = v.to(device)
+            self._bn_cache[tuple(float(x) for x in point)] = bufs
 
     # -- export ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -560,7 +530,13 @@ class Subspace:
             self._write(saved)
         with torch.random.fork_rng(devices=[]):  # building the plain model must not move the global RNG
             plain = self.model_fn()
-        _check_model_fn_plain(plain, sd)
+        if not isinstance(plain, nn.Module):
+            raise TypeError(f"export: model_fn returned {type(plain).__name__}, not an nn.Module")
+        keys = set(plain.state_dict())
+        if keys != set(sd):
+            raise ValueError(f"export: model_fn builds a model whose state_dict keys differ from the subspace "
+                             f"model's original keys (missing {sorted(set(sd) - keys)[:5]}, extra "
+                             f"{sorted(keys - set(sd))[:5]})")
         plain.load_state_dict(sd, strict=True)
         first = next(iter(sd.values()), None)
         if isinstance(first, torch.Tensor):
@@ -569,17 +545,20 @@ class Subspace:
         return plain
 
     # -- optimiser helpers -----------------------------------------------------------------------------------
-    def param_groups(self, weight_decay: float, no_decay: Optional[Callable[[str, nn.Parameter], bool]] = None,
+    def param_groups(self, weight_decay: float, no_decay: Optional[Callable[[str, torch.Tensor], bool]] = None,
                      model: Optional[nn.Module] = None) -> List[Dict[str, Any]]:
         """Two optimiser groups of every trainable parameter of the model: ``weight_decay`` and 0 (for which
-        ``no_decay(canonical_name, param)`` is true). Name rules match the *original* names (``bn1.bias``),
-        which the parametrized names (``bn1.parametrizations.bias.original0``) would no longer match."""
+        ``no_decay(name, p)`` is true). The rule sees each tensor as the plain model has it: the original name
+        (``bn1.bias``, not ``bn1.parametrizations.bias.original``) and, for a subspace tensor, one stored point
+        (a view of shape ``point_shape(p)``), so ``p.ndim <= 1`` and name rules select what they select on the
+        plain model."""
         model = self.model if model is None else model
         decay, plain = [], []
         for n, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            (plain if no_decay is not None and no_decay(self.canonical_name(n), p) else decay).append(p)
+            seen = p[0] if getattr(p, "subspace_points", None) else p
+            (plain if no_decay is not None and no_decay(self.canonical_name(n), seen) else decay).append(p)
         groups = [{"params": decay, "weight_decay": weight_decay}]
         if plain:
             groups.append({"params": plain, "weight_decay": 0.0})
@@ -630,96 +609,11 @@ class Subspace:
         if missing or unexpected:
             raise KeyError(f"load_plain_state_dict: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
 
-    def canonical_point(self) -> Point:
-        """α = 0.5 (line, curve) or the simplex centroid."""
-        return canonical_point(self.kind, self.K)
-
 
 def _compiling() -> bool:
-    """Whether torch.compile is tracing (the per-tensor nodes are used then)."""
+    """Whether torch.compile is tracing (the per-tensor path is traced then)."""
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):
         return compiler.is_compiling()
     dynamo = getattr(torch, "_dynamo", None)  # pragma: no cover - older torch
     return bool(dynamo is not None and hasattr(dynamo, "is_compiling") and dynamo.is_compiling())
-
-
-def _host_scalars(device: torch.device) -> bool:
-    """Whether the regulariser's few scalars are combined in Python (CPU) or as device tensors (no sync)."""
-    return device.type == "cpu"
-
-
-class _Cos2(torch.autograd.Function):
-    """β · mean over ``pairs`` of cos²(ω_i, ω_j), the stored points concatenated over stacked tensors (K, …).
-
-    With the Gram entries G_ij = Σ_t ⟨E_t[i], E_t[j]⟩ (accumulated in float32; float64 inputs stay float64)
-    and R_ij = G_ij² / (G_ii G_jj): ∂R/∂ω_i = 2G_ij/(G_ii G_jj) · ω_j − 2G_ij²/(G_ii² G_jj) · ω_i, and
-    symmetrically for ω_j. The backward collects these coefficients in one K × K matrix S, so that
-    ∂(β R)/∂E_t = S · E_t (E_t viewed as K × n; rows outside the drawn pair(s) are zero).
-
-    ``routed``: the inputs are the routes of the stored tensors' latest training forwards
-    (:class:`~tractable.subspace.parametrization._MixRouted`); the backward hands S to each of them and the
-    mix node computes c ⊗ ∂L/∂w + S · E_t as the tensor's one gradient. Otherwise (no live forward, e.g. the
-    regulariser alone) the inputs are the stacked tensors themselves and the backward returns S · E_t.
-    """
-
-    @staticmethod
-    def forward(ctx, pairs, beta: float, stacked, routed: bool, *inputs):
-        K = stacked[0].shape[0]
-        acc = torch.float64 if any(t.dtype == torch.float64 for t in stacked) else torch.float32
-        needed = sorted({(i, j) for p in pairs for i in p for j in p if i <= j})
-        with torch.autocast(stacked[0].device.type, enabled=False):  # fp32 accumulation under AMP
-            flats = [t.reshape(K, -1) if t.dtype == acc else t.reshape(K, -1).to(acc) for t in stacked]
-            dots = torch.stack([torch.dot(f[i], f[j]) for i, j in needed for f in flats])
-        ctx.pairs, ctx.beta, ctx.routed, ctx.K, ctx.acc = pairs, beta, routed, K, acc
-        ctx.dtypes = [t.dtype for t in inputs]
-        ctx.save_for_backward(*([] if routed else stacked))
-        if _host_scalars(dots.device):  # a handful of scalars: Python float64 arithmetic, no operator calls
-            flat_dots = dots.tolist()
-            n = len(flats)
-            gram = {ij: math.fsum(flat_dots[k * n:(k + 1) * n]) for k, ij in enumerate(needed)}
-            ctx.dpq = [(gram[(i, j)], gram[(i, i)], gram[(j, j)]) for i, j in pairs]
-            return torch.tensor(beta * math.fsum(d * d / (p * q) for d, p, q in ctx.dpq) / len(pairs), dtype=acc)
-        if len(flats) > 1:
-            dots = dots.view(len(needed), len(flats)).sum(1)
-        pos = {ij: n for n, ij in enumerate(needed)}
-        sel = [pos[ij] for ij in pairs] + [pos[(i, i)] for i, _ in pairs] + [pos[(j, j)] for _, j in pairs]
-        ctx.dpq = dots[sel].view(3, len(pairs))  # device tensors: no synchronisation
-        d, p, q = ctx.dpq.unbind()
-        return (d * d / (p * q)).mean() * beta
-
-    @staticmethod
-    def backward(ctx, g):
-        stacked = ctx.saved_tensors
-        K = ctx.K
-        i_idx = [i for i, _ in ctx.pairs]
-        j_idx = [j for _, j in ctx.pairs]
-        if isinstance(ctx.dpq, list):  # CPU: S from Python floats
-            scale = float(g) * ctx.beta / len(ctx.pairs)
-            rows = [[0.0] * K for _ in range(K)]
-            for (i, j), (d, p, q) in zip(ctx.pairs, ctx.dpq):
-                r = 2.0 * d / (p * q) * scale  # ∂/∂G_ij; the diagonal terms follow
-                rows[i][j] += r
-                rows[j][i] += r
-                rows[i][i] -= r * d / p
-                rows[j][j] -= r * d / q
-            s = torch.tensor(rows, dtype=ctx.acc)
-        else:
-            d, p, q = ctx.dpq.unbind()
-            r = 2 * d / (p * q) * (g.to(d.dtype) * ctx.beta / len(ctx.pairs))
-            index = torch.tensor([i_idx + j_idx + i_idx + j_idx, j_idx + i_idx + i_idx + j_idx], device=d.device)
-            s = torch.zeros(K, K, dtype=d.dtype, device=d.device).index_put_(
-                tuple(index), torch.cat([r, r, -r * d / p, -r * d / q]), accumulate=True)
-        cs: Dict[torch.dtype, torch.Tensor] = {}
-        if ctx.routed:  # each stored tensor's own node applies S · E_t, fused with its mix gradient
-            return (None, None, None, None, *(cs.setdefault(dt, s.to(dt)) for dt in ctx.dtypes))
-        return (None, None, None, None, *(combine_points(s, t) for t in stacked))
-
-
-def _check_model_fn_plain(plain: nn.Module, sd: Dict[str, torch.Tensor]) -> None:
-    if not isinstance(plain, nn.Module):
-        raise TypeError(f"export: model_fn returned {type(plain).__name__}, not an nn.Module")
-    keys = set(plain.state_dict())
-    if keys != set(sd):
-        raise ValueError(f"export: model_fn builds a model whose state_dict keys differ from the subspace model's "
-                         f"original keys (missing {sorted(set(sd) - keys)[:5]}, extra {sorted(keys - set(sd))[:5]})")

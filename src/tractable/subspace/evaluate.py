@@ -11,11 +11,13 @@
 * :func:`evaluate_models`: plain models and their ensemble (the two-independent-models baseline).
 
 Every point's statistics come from :meth:`Subspace.recompute_bn` over ``train_loader`` (``bn_batches`` limits
-the pass) and are cached, so a point used twice (α and an ensemble member) is recomputed once.
+the pass) and are cached, so a point used twice (α and an ensemble member) is recomputed once. Both grid
+evaluations leave the model as they found it: its point and its BatchNorm buffers are restored afterwards.
 """
 from __future__ import annotations
 
 import itertools
+import contextlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -77,6 +79,17 @@ def evaluate_point(sub, point, train_loader, test_loader, *, bn_batches: Optiona
     return predict(sub.model, test_loader)
 
 
+@contextlib.contextmanager
+def _restored(sub):
+    """Put the model's point and BatchNorm buffers back after the block."""
+    point, buffers = sub.point, _bn.bn_buffers(sub.model)
+    try:
+        yield
+    finally:
+        sub.set_coeffs(point)
+        _bn.load_bn_buffers(sub.model, buffers)
+
+
 def _metrics(logits, labels, n_bins) -> Dict[str, float]:
     return classification_metrics(logits, labels, n_bins)
 
@@ -91,6 +104,11 @@ def evaluate_grid(sub, train_loader, test_loader, *, step: float = 0.05, combine
     if sub.kind not in ("line", "curve") and not (sub.kind == "simplex" and sub.K == 2):
         raise ValueError(f"evaluate_grid: α grids are for lines and curves; use evaluate_simplex for a "
                          f"{sub.kind} with k={sub.K}")
+    with _restored(sub):
+        return _evaluate_grid(sub, train_loader, test_loader, step, combine, bn_batches, n_bins, mixture_bn)
+
+
+def _evaluate_grid(sub, train_loader, test_loader, step, combine, bn_batches, n_bins, mixture_bn):
     alphas = alpha_grid(step)
     out: Dict[str, Any] = {"kind": sub.kind, "K": sub.K, "step": step, "combine": combine, "n_bins": n_bins,
                            "bn_batches": bn_batches}
@@ -127,6 +145,13 @@ def evaluate_simplex(sub, train_loader, test_loader, *, generator: Optional[torc
                      ensemble_size: int = 0, bn_batches: Optional[int] = None, combine: str = "logits",
                      n_bins: int = 20, heatmap_step: Optional[float] = None) -> Dict[str, Any]:
     """Centroid, vertices, vertex ensemble, optional random-point ensemble and (k = 3) heat-map grid."""
+    with _restored(sub):
+        return _evaluate_simplex(sub, train_loader, test_loader, generator, ensemble_size, bn_batches, combine,
+                                 n_bins, heatmap_step)
+
+
+def _evaluate_simplex(sub, train_loader, test_loader, generator, ensemble_size, bn_batches, combine, n_bins,
+                      heatmap_step):
     K = sub.K
     out: Dict[str, Any] = {"kind": sub.kind, "K": K, "combine": combine, "n_bins": n_bins, "bn_batches": bn_batches}
     centroid = [1.0 / K] * K

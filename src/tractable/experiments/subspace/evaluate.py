@@ -108,7 +108,7 @@ def load_run(run_dir, *, device: str = "cpu", data_root: Optional[str] = None) -
 
         o = cfg.method.rules["subspace"]
         sub = convert(model, model_fn, kind=o.kind, k=o.k, layerwise=o.layerwise, norm_endpoints=o.norm_endpoints,
-                      control_init=o.control_init)
+                      control_init=o.control_init, allow_identical=True)  # the checkpoint's weights follow
     load_weights(ckpt, model, strict=True, device="cpu")
     model.to(dev).eval()
     bs = cfg.data.eval_batch_size

@@ -1,15 +1,23 @@
 """Runner rules of the subspace family: ``method.name=subspace`` and the ``swa`` baseline.
 
 ``subspace`` converts the model with :func:`tractable.subspace.convert` before the optimizer exists (endpoints
-from fresh calls of the runner's own model factory, so they get the registry model's initialisation). Per
-micro-batch the point is drawn from ``trainer.generator(salt + micro_index)``, seeded by (train.seed, step): the
-same α on every DDP rank and after a resume, with no communication. The cos² regulariser is the hook's
-``extra_loss``. Before every evaluation the model is put at the midpoint (simplex: centroid) and, with
-``method.eval_bn=recompute`` (default), its BatchNorm statistics are recomputed over the training set (no
-augmentation; ``method.bn_batches`` limits the pass, the same batches on every rank), so ``test_acc`` is the
-midpoint's honest accuracy; ``test_ece`` (20 bins) is logged next to it. The training-time statistics are put
-back after the evaluation, so checkpoints hold them and evaluation never changes the training state. The full
-α-grid evaluation is ``tractable subspace-eval RUN``.
+from fresh calls of the runner's own model factory, so they get the registry model's initialisation; a factory
+that returns identical weights is refused unless ``method.allow_identical=true``). Two random streams per step,
+seeded by (train.seed, step) so that every DDP rank and a resumed run draw the same: the point of micro-batch j
+from ``trainer.generator(_SALT_POINT + j)``, the regulariser's pair (curves, simplexes) from
+``trainer.generator(_SALT_PAIR)``, a salt no micro-batch index reaches. The cos² regulariser is the hook's
+``extra_loss``.
+
+Before every evaluation the model is put at the midpoint (simplex: centroid), and so is an EMA copy
+(``train.ema``: its own stored points, averaged, at the same point). With ``method.eval_bn=recompute`` (default)
+their BatchNorm statistics are recomputed over the training set (no augmentation; ``method.bn_batches`` limits
+the pass, the same batches on every rank) at every ``method.bn_every``-th evaluation and at the last one; the
+evaluations in between use the training-time (mixture) statistics and log ``subspace_bn_recomputed = 0``. So
+``test_acc`` is the midpoint's honest accuracy where ``subspace_bn_recomputed = 1``; ``test_ece`` (20 bins) is
+logged next to it. The training-time statistics are put back after the evaluation, so evaluation never changes
+the training state; the midpoint's recomputed statistics are kept in the subspace's BN cache and saved with the
+checkpoint (the rule's state, with the step they belong to). The full α-grid evaluation is
+``tractable subspace-eval RUN``.
 
 ``swa`` is stochastic weight averaging with :mod:`torch.optim.swa_utils`: from epoch ⌊swa_start·epochs⌋ on, the
 learning rate is held at ``method.swa_lr`` and an :class:`~torch.optim.swa_utils.AveragedModel` takes the weights
@@ -31,20 +39,29 @@ from tractable.train.rules import LearningRule, register_rule
 
 __all__ = ["SubspaceRule", "SWARule", "reinit_factory"]
 
-_SALT_POINT = 0x5B5
-_SALT_PAIR = 0x5B6
+_SALT_POINT = 0x5B5  # + the micro-batch index
+_SALT_PAIR = 0x5B6 << 40  # beyond any _SALT_POINT + micro-batch index
+_SALT_REINIT = 0x5B7
 
 
 def reinit_factory(model: nn.Module):
     """A model factory for a model given directly (no registry entry): a deep copy with every submodule's
-    ``reset_parameters()`` called (the layers' default initialisation, not a custom one)."""
+    ``reset_parameters()`` called (the layers' default initialisation, not a custom one). Call i draws from its
+    own seed, mixed from the global seed in force when the factory was made (the runner's train.seed), so the
+    fresh weights never repeat the model's own (which the runner built right after seeding)."""
+    from tractable.train.rng import mix_seed
+
     template = copy.deepcopy(model)
+    base, calls = torch.initial_seed(), [0]
 
     def build():
+        calls[0] += 1
         fresh = copy.deepcopy(template)
-        for m in fresh.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                m.reset_parameters()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(base, _SALT_REINIT, calls[0]))
+            for m in fresh.modules():
+                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                    m.reset_parameters()
         return fresh
 
     return build
@@ -90,8 +107,13 @@ class SubspaceRule(LearningRule):
         control_init: Literal["independent", "chord"] = "independent"
         eval_bn: Literal["recompute", "mixture"] = "recompute"
         bn_batches: Optional[int] = None  # batches of the BN recompute (null: the whole training set)
+        bn_every: int = 1  # recompute at every n-th evaluation and the last (the reference: every 10 epochs)
+        allow_identical: bool = False  # accept a model factory that gives every endpoint the same weights
 
         def validate(self) -> None:
+            if self.bn_every < 1:
+                raise ValueError(f"method.bn_every: must be >= 1 (recompute BatchNorm statistics at every n-th "
+                                 f"evaluation), got {self.bn_every}")
             if self.beta < 0:
                 raise ValueError(f"method.beta: must be >= 0, got {self.beta}")
             if self.kind == "simplex" and (self.k is None or self.k < 2):
@@ -111,6 +133,8 @@ class SubspaceRule(LearningRule):
         super().__init__(options)
         self.sub = None
         self.model_fn = None
+        self.evaluations = 0
+        self.bn_cache_step = -1  # the step whose midpoint statistics the BN cache holds (-1: none)
 
     def attach(self, model: nn.Module) -> nn.Module:
         from tractable.subspace import convert
@@ -118,15 +142,28 @@ class SubspaceRule(LearningRule):
         o = self.opts
         fn = self.model_fn if self.model_fn is not None else reinit_factory(model)
         self.sub = convert(model, fn, kind=o.kind, k=o.k, layerwise=o.layerwise, num_samples=o.num_samples,
-                           norm_endpoints=o.norm_endpoints, control_init=o.control_init)
-        if o.beta > 0:  # the regulariser's gradient fused from the first step on (a resumed run matches)
-            self.sub.prepare_regularizer()
+                           norm_endpoints=o.norm_endpoints, control_init=o.control_init,
+                           allow_identical=o.allow_identical)
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             # one mixing node per forward would make every gradient ready only at the end of the backward, and
-            # DDP could not overlap its all-reduce with it; the per-tensor nodes give the same numbers
+            # DDP could not overlap its all-reduce with it; the per-tensor path gives the same numbers
             self.sub.mix_all = False
         return model
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The midpoint's recomputed BatchNorm statistics (the subspace's BN cache), the step they belong to and
+        the number of evaluations so far (``bn_every``)."""
+        if self.sub is None:
+            return {}
+        return {"bn_cache": self.sub.bn_cache_state(), "bn_cache_step": self.bn_cache_step,
+                "evaluations": self.evaluations}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state and self.sub is not None:
+            self.sub.load_bn_cache_state(state["bn_cache"])
+            self.bn_cache_step = int(state["bn_cache_step"])
+            self.evaluations = int(state["evaluations"])
 
     def hooks(self) -> List[Hook]:
         return [_SubspaceHook(self)]
@@ -142,6 +179,8 @@ class _SubspaceHook(Hook):
     def __init__(self, rule: SubspaceRule):
         self.rule = rule
         self._bn = None
+        self._saved: List[Any] = []
+        self._recomputed = False
 
     def before_forward(self, trainer, batch) -> None:
         self.rule.sub.sample(trainer.generator(_SALT_POINT + trainer.micro_index))
@@ -157,25 +196,36 @@ class _SubspaceHook(Hook):
             trainer.log_scalars({f"subspace_{k}": v for k, v in self.rule.sub.stats().items()})
 
     def before_eval(self, trainer) -> None:
-        from tractable.subspace import bn_buffers
+        from tractable.subspace import bn_buffers, subspace_of
 
-        sub = self.rule.sub
-        sub.set_point(sub.canonical_point())
-        self._saved = None
-        if self.rule.opts.eval_bn == "recompute":
-            if self._bn is None:
-                self._bn = _bn_loader(trainer)
-            self._saved = bn_buffers(trainer.model)
-            sub.recompute_bn(self._bn, self.rule.opts.bn_batches, cache=False)
+        rule, o = self.rule, self.rule.opts
+        last = trainer.epoch + 1 >= trainer.cfg.train.epochs
+        self._recomputed = o.eval_bn == "recompute" and (rule.evaluations % o.bn_every == 0 or last)
+        rule.evaluations += 1
+        models = [(trainer.model, rule.sub)]
+        if trainer.ema is not None:  # the EMA copy carries its own controller: the same point for it
+            models.append((trainer.ema.module, subspace_of(trainer.ema.module)))
+        self._saved = []
+        for model, sub in models:
+            sub.set_point(sub.canonical_point())
+            if self._recomputed:
+                if self._bn is None:
+                    self._bn = _bn_loader(trainer)
+                self._saved.append((model, bn_buffers(model)))
+                sub.clear_bn_cache()
+                sub.recompute_bn(self._bn, o.bn_batches)
+        if self._recomputed:
+            rule.bn_cache_step = trainer.step
 
     def after_eval(self, trainer, metrics: Dict[str, Any]) -> None:
         from tractable.subspace import load_bn_buffers
 
+        metrics["subspace_bn_recomputed"] = float(self._recomputed)
         if trainer.is_main:
             metrics["test_ece"] = _test_ece(trainer, trainer.model)
-        if self._saved:  # evaluation leaves the training state alone: the running (mixture) statistics return
-            load_bn_buffers(trainer.model, self._saved)
-            self._saved = None
+        for model, saved in self._saved:  # the running (mixture) statistics return: training is unchanged
+            load_bn_buffers(model, saved)
+        self._saved = []
 
 
 @register_rule("swa")
