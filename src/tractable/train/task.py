@@ -56,6 +56,8 @@ class Task:
     #: the metric used for "best" in summaries, and whether larger is better
     primary_metric = "loss"
     higher_is_better = False
+    #: the EMA decay used when ``train.ema`` is null (0: no EMA)
+    default_ema = 0.0
 
     @classmethod
     def from_config(cls, cfg) -> "Task":
