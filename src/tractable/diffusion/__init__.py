@@ -25,6 +25,8 @@ from tractable.diffusion.features import (
     InceptionFeatures,
     denormalize,
     extract_features,
+    inception_input,
+    reference_resize,
 )
 from tractable.diffusion.fid import feature_stats, frechet_distance, frechet_distance_from_stats
 from tractable.diffusion.gaussian import NULL_LABEL, PREDICTIONS, WEIGHTINGS, GaussianDiffusion
@@ -52,4 +54,6 @@ __all__ = [
     "InceptionFeatures",
     "extract_features",
     "denormalize",
+    "reference_resize",
+    "inception_input",
 ]
