@@ -21,6 +21,10 @@ B (768, 12, 12). With 32×32×4 inputs, ``learn_sigma=True``, ``class_cond=True`
 parameter counts are the official ones: DiT-S/2 32,865,056, DiT-B/2 130,315,808 (the position embedding is a
 buffer-like frozen parameter, not counted).
 
+Precision: the model runs as float32, or as a pure bfloat16 or float64 model (``model.to(dtype)``): the timestep
+sinusoid is computed in float32 (float64 for a float64 model) and cast to the weights' dtype, the position
+embedding follows the input's dtype.
+
 ``mdit_*``: the same transformer with 1×1 patches (one token per pixel; open-TrAct's "MDiT with 1×1 patch
 embeddings" — its exact architecture is not public, this is the plain DiT with p = 1). The sequence length is
 H·W, so use it on small images or latents.
