@@ -149,11 +149,12 @@ def _optimizer(params, arm: Arm):
 
 @torch.no_grad()
 def _heldout(model, diffusion, x, t, noise, batch: int = 256) -> float:
+    was_training = model.training
     model.eval()
     total = 0.0
     for i in range(0, len(x), batch):
         total += float(diffusion.losses(model, x[i:i + batch], t=t[i:i + batch], noise=noise[i:i + batch]).sum())
-    model.train()
+    model.train(was_training)
     return total / len(x)
 
 
