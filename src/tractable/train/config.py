@@ -457,9 +457,9 @@ def config_from_dict(data: dict) -> RunConfig:
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     cfg = _build(RunConfig, _fold_run_alias(data), "")
     _check_semantics(cfg)
-    from tractable.train.diffusion_task import resolve_data_defaults
+    from tractable.train.task import prepare_config
 
-    resolve_data_defaults(cfg)  # task=diffusion on image folders: resize + centre crop, not classification crops
+    prepare_config(cfg)  # the task's own defaults for the rest of the run (e.g. diffusion's folder transform)
     return cfg
 
 

@@ -20,8 +20,8 @@ Defaults the task sets for the rest of the run:
   images are resized and centre-cropped to ``data.kwargs.image_size`` with a random horizontal flip on the training
   split (``transform: diffusion``; :mod:`tractable.data.diffusion_transforms`), not the classification crops.
   ``transform: train`` (random-resized or padded random crops, which would train the model on crops) is refused
-  unless ``task_kwargs.random_crops`` is true. :func:`resolve_data_defaults` applies this when the config is built,
-  so the saved ``config.yaml`` names the transform.
+  unless ``task_kwargs.random_crops`` is true. :func:`resolve_data_defaults` applies this when the config is built
+  (:meth:`Task.prepare_config`), so the saved ``config.yaml`` names the transform.
 
 Randomness: t, ε and the label drop come from ``trainer.generator`` seeded by (run seed, step, rank, micro-batch)
 through the task's hook — identical after a resume, different on each rank and micro-batch, and independent of the
@@ -138,6 +138,10 @@ class DiffusionTask(Task):
     @classmethod
     def from_config(cls, cfg) -> "DiffusionTask":
         return cls(cls.options_from_dict(getattr(cfg, "task_kwargs", {})))
+
+    @classmethod
+    def prepare_config(cls, cfg) -> None:
+        resolve_data_defaults(cfg)
 
     def hooks(self):
         return [_NoiseHook(self)]
