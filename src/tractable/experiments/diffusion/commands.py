@@ -76,7 +76,7 @@ def load_run(run_dir: Union[str, Path], checkpoint: Union[None, int, str, Path] 
     path: that directory). ``ema``: use the EMA weights when the run has them (``echo`` gets a note when that EMA
     has not warmed up)."""
     from tractable.models import create_model, model_defaults
-    from tractable.train.checkpoint import latest_checkpoint
+    from tractable.train.checkpoint import EMA_FILE, latest_checkpoint, load_weights
     from tractable.train.diffusion_task import DiffusionTask
     from tractable.train.loaders import build_dataset, model_shape_kwargs
 
@@ -97,8 +97,6 @@ def load_run(run_dir: Union[str, Path], checkpoint: Union[None, int, str, Path] 
     kw = model_shape_kwargs(info, model_defaults(cfg.model.name))
     kw.update(dict(cfg.model.kwargs))
     model = create_model(cfg.model.name, **kw)
-    from tractable.train.checkpoint import EMA_FILE, load_weights
-
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     if ema and state.get("ema") is not None:
         if (ckpt / EMA_FILE).is_file():
