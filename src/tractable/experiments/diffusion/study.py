@@ -172,7 +172,8 @@ def _generate(model, diffusion, n: int, steps: int, seed: int, device, batch: in
 
 
 def train_one(arm_name: str, method: str, seed: int, scale: StudyScale, x_train: torch.Tensor,
-              heldout: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], features: Callable[[torch.Tensor], torch.Tensor],
+              heldout: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+              features: Callable[[torch.Tensor], torch.Tensor],
               *, device="cpu") -> Dict[str, object]:
     """Train one run; returns its held-out loss curves and the FID-proxy features of its samples."""
     import tractable
@@ -254,8 +255,9 @@ def run_study(out_dir, *, scale: str = "cpu", arms: Sequence[str] = ("adamw", "s
                 res = train_one(arm, method, seed, sc, x_train, heldout, features, device=device)
                 res["scale"] = asdict(sc)
                 torch.save(res, path)
-                echo(f"{path.stem}: held-out loss {res['curve']['loss'][-1]:.4f} (EMA {res['curve']['ema_loss'][-1]:.4f})"
-                     f", {res['cpu_seconds']:.0f} CPU-s, {time.time() - t0:.0f} s")
+                curve = res["curve"]
+                echo(f"{path.stem}: held-out loss {curve['loss'][-1]:.4f} (EMA {curve['ema_loss'][-1]:.4f}), "
+                     f"{res['cpu_seconds']:.0f} CPU-s, {time.time() - t0:.0f} s")
     return report(out_dir, echo=echo)
 
 
@@ -368,7 +370,8 @@ def results_markdown(res) -> str:
     for arm, a in res["arms"].items():
         n = len(a["seeds"])
         lines += [f"**{arm}** ({n} paired seeds)", "",
-                  "| step | plain | TrAct | TrAct − plain [95 % CI] | EMA plain | EMA TrAct | EMA TrAct − plain [95 % CI] |",
+                  "| step | plain | TrAct | TrAct − plain [95 % CI] | EMA plain | EMA TrAct | "
+                  "EMA TrAct − plain [95 % CI] |",
                   "|---|---|---|---|---|---|---|"]
         for r, e in zip(a["loss"]["loss"], a["loss"]["ema_loss"]):
             lines.append(f"| {r['step']} | {r['plain']:.4f} | {r['tract']:.4f} | {r['diff']:+.4f} {_iv(*r['ci'])} | "
@@ -480,8 +483,10 @@ def _steps(run_dir: Path) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n  python -m tractable.experiments.diffusion.study runs/diffusion-study\n"
-                                       "  python -m tractable.experiments.diffusion.study runs/ds --scale full --device cuda")
+                                epilog="examples:\n"
+                                       "  python -m tractable.experiments.diffusion.study runs/diffusion-study\n"
+                                       "  python -m tractable.experiments.diffusion.study runs/ds --scale full "
+                                       "--device cuda")
     p.add_argument("out_dir")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
                    help="cpu: ≈ 20-25 CPU-minutes at one thread (default); full: the GPU version")
