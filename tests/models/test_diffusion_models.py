@@ -124,3 +124,25 @@ def test_bad_inputs():
         m(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long))
     with pytest.raises(TypeError, match="accepted"):
         create_model("unet_tiny", patch_size=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_dit_runs_as_a_pure_bf16_or_fp64_model(dtype):
+    """model.to(dtype): the timestep sinusoid follows the weights' dtype, so the forward and backward run and agree
+    with the float32 model (bf16 to its precision; fp64 to float32 round-off)."""
+    torch.manual_seed(0)
+    m32 = DiT(image_size=8, in_channels=2, patch_size=2, hidden=32, depth=2, heads=2, class_cond=True, num_classes=3)
+    for p in m32.parameters():  # leave adaLN-Zero's zero init so that the output depends on every block
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    m = DiT(image_size=8, in_channels=2, patch_size=2, hidden=32, depth=2, heads=2, class_cond=True, num_classes=3)
+    m.load_state_dict(m32.state_dict())
+    m = m.to(dtype)
+    x, t, y = torch.randn(4, 2, 8, 8), torch.tensor([0, 10, 500, 999]), torch.tensor([0, 2, -1, 1])
+    out = m(x.to(dtype), t, y)
+    ref = m32(x, t, y)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    assert (out.float() - ref).abs().max() <= tol * ref.abs().max()
+    out.float().pow(2).sum().backward()
+    assert all(p.grad.dtype == dtype and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)

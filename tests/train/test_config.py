@@ -42,7 +42,7 @@ def test_yaml_plus_overrides(base_yaml):
     assert cfg.data.augment is None
     assert cfg.method.name == "tract" and cfg.method.l == 0.05 and cfg.method.exact is False
     # defaults
-    assert cfg.train.grad_accum == 1 and cfg.train.ema == 0.0 and cfg.data.eval_batch_size == 512
+    assert cfg.train.grad_accum == 1 and cfg.train.ema is None and cfg.data.eval_batch_size == 512
     assert cfg.task == "classification" and cfg.out_dir == "runs"
 
 

@@ -110,3 +110,50 @@ def test_task_kwargs_for_a_task_without_options_is_an_error(tmp_path):
     d["task_kwargs"] = {"prediction": "eps"}
     with pytest.raises(ConfigError, match="task_kwargs: task 'classification' takes no options, got prediction"):
         train(config_from_dict(d))
+
+
+def test_defaults_ema_on_and_cond_drop_for_class_conditional(tmp_path):
+    from tractable.models import create_model
+    from tractable.train.diffusion_task import DiffusionTask, effective_cond_drop
+
+    cfg = config_from_dict(diffusion_dict(tmp_path, "defaults", save_every=0))
+    assert cfg.train.ema is None and DiffusionTask.default_ema == 0.9999
+    res = train(cfg)
+    assert "ema_test_loss" in res.summary  # EMA on by default for diffusion
+    assert (latest_checkpoint(res.run_dir / "checkpoints") / "ema.safetensors").is_file()
+    cond = create_model("dit_tiny_2", image_size=8, in_channels=1, class_cond=True, num_classes=10)
+    uncond = create_model("dit_tiny_2", image_size=8, in_channels=1)
+    assert effective_cond_drop(None, cond) == 0.1 and effective_cond_drop(None, uncond) == 0.0
+    assert effective_cond_drop(0.0, cond) == 0.0 and effective_cond_drop(0.3, uncond) == 0.3
+
+    class Wrapped(torch.nn.Module):  # DDP-style wrapper
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    assert effective_cond_drop(None, Wrapped(cond)) == 0.1
+    # the task drops labels of a class-conditional model in training (and not in evaluation)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        class_cond = True
+
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, y):
+            seen.append(y.clone())
+            return x * self.p
+
+    task, spy = DiffusionTask(), Spy()
+    task.generator = torch.Generator().manual_seed(0)
+    batch = (torch.randn(400, 1, 2, 2), torch.zeros(400, dtype=torch.long))
+    task.loss(spy.train(), batch)
+    task.loss(spy.eval(), batch)
+    dropped = (seen[0] == -1).float().mean().item()
+    assert 0.05 < dropped < 0.15 and (seen[1] == 0).all()
+    # classification runs keep the EMA off unless asked
+    from tractable.train.task import Classification
+
+    assert Classification.default_ema == 0.0

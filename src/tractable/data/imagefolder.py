@@ -13,6 +13,9 @@ samples, so the same on-device ``to_float`` + ``normalize(info.mean, info.std)``
   ``RandomCrop(64, padding=4)`` + flip). These draw from torch's random state, which a ``DataLoader`` seeds
   per worker from its ``generator=`` argument; pass one for reproducible runs;
 * ``"eval"``: deterministic resizing (ImageNet: ``Resize(256)`` + ``CenterCrop(224)``; TinyImageNet: none);
+* ``"diffusion"``: for generative models: the whole image resized and centre-cropped to ``image_size``
+  (:mod:`tractable.data.diffusion_transforms`), with a random horizontal flip on the train split only;
+  ``"diffusion_noflip"``: the same without the flip (e.g. for FID reference images). Pillow only;
 * ``None``: the decoded image as is (no torchvision needed; sizes may differ between images);
 * a callable: applied to the PIL image; it should return a ``(C, H, W)`` tensor.
 
@@ -36,7 +39,7 @@ TINYIMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINYIMAGENET_STD = (0.2302, 0.2265, 0.2262)
 
 _HINT = "pip install 'tractable[vision]'"
-_TRANSFORMS = ("default", "train", "eval", None)
+_TRANSFORMS = ("default", "train", "eval", "diffusion", "diffusion_noflip", None)
 
 Samples = List[Tuple[str, int]]
 
@@ -228,6 +231,10 @@ def _resolve_transform(transform, split: str, dataset: str, size: int) -> Option
         raise ValueError(f"transform must be one of {_TRANSFORMS} or a callable, got {transform!r}")
     if transform is None:
         return None
+    if transform in ("diffusion", "diffusion_noflip"):
+        from tractable.data.diffusion_transforms import CenterCropResize
+
+        return CenterCropResize(size, flip=transform == "diffusion" and split == "train")
     kind = ("train" if split == "train" else "eval") if transform == "default" else transform
     return _standard_transform(kind, dataset, size)
 

@@ -6,8 +6,10 @@
       x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε,   v = √ᾱ_t ε − √(1 − ᾱ_t) x₀,   SNR_t = ᾱ_t/(1 − ᾱ_t)
       loss = mean_n w_t ‖f(x_t, t) − target‖²,  w_t = min(SNR, γ) · {1 (x₀), 1/SNR (ε), 1/(SNR + 1) (v)}
 
-* :func:`ddim_sample` (η = 0 deterministic, η = 1 the DDPM posterior) and :func:`ddpm_sample` on the timesteps
-  0, k, 2k, … run from the top, optional classifier-free guidance (label −1 = no condition).
+* :func:`ddim_sample` (η = 0 deterministic, η = 1 the DDPM posterior) and :func:`ddpm_sample` on a sub-sequence
+  of timesteps chosen by ``spacing`` (:data:`SPACINGS`: ``"trailing"``, the default, starts at t = T−1 for every
+  step count; ``"linspace"``; ``"leading"``, the DDIM paper's and diffusers' default), run from the top, optional
+  classifier-free guidance (label −1 = no condition).
 * :func:`frechet_distance` in float64, with pluggable feature extractors: :class:`InceptionFeatures` (real
   FID; optional ``torchmetrics``/``torch-fidelity``) and :class:`ClassifierFeatures` (a classifier trained on
   the same dataset; offline, a relative measure not comparable to Inception-FID).
@@ -23,10 +25,12 @@ from tractable.diffusion.features import (
     InceptionFeatures,
     denormalize,
     extract_features,
+    inception_input,
+    reference_resize,
 )
 from tractable.diffusion.fid import feature_stats, frechet_distance, frechet_distance_from_stats
 from tractable.diffusion.gaussian import NULL_LABEL, PREDICTIONS, WEIGHTINGS, GaussianDiffusion
-from tractable.diffusion.sampling import ddim_sample, ddpm_sample, sample_timesteps
+from tractable.diffusion.sampling import SPACINGS, ddim_sample, ddpm_sample, sample_timesteps
 from tractable.diffusion.schedule import SCHEDULES, cosine_betas, linear_betas, make_betas
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "ddim_sample",
     "ddpm_sample",
     "sample_timesteps",
+    "SPACINGS",
     "frechet_distance",
     "frechet_distance_from_stats",
     "feature_stats",
@@ -49,4 +54,6 @@ __all__ = [
     "InceptionFeatures",
     "extract_features",
     "denormalize",
+    "reference_resize",
+    "inception_input",
 ]

@@ -1,17 +1,29 @@
 """Samplers: DDIM (Song, Meng & Ermon 2021) and ancestral DDPM (Ho et al. 2020) on a sub-sequence of timesteps.
 
-Both use the timesteps τ = (0, k, 2k, …, (S−1)k) with k = ⌊T/S⌋ for S = ``steps`` (the DDIM paper's "uniform"
-sub-sequence), run from the top, τ_{S−1}, down to τ_0; the last update goes to ᾱ = 1, i.e. returns x̂₀.
+**Timesteps** (``spacing``, the names of diffusers' ``timestep_spacing``; T = ``num_timesteps``, S = ``steps``):
 
-**DDIM** (paper Eq. 12), from x_t at τ_i to τ_{i−1} (ᾱ_prev = 1 after τ_0), with x̂₀, ε̂ from the network::
+* ``"trailing"`` (default; Lin et al. 2024, Table 2): τ = round(T − i·T/S) − 1 for i = 0 … S−1, i.e.
+  T−1, T−1−T/S, …; it **starts at t = T−1 for every S** (the step where x_T ~ N(0, I) is the right start).
+  T = 1000, S = 50: 999, 979, …, 19; S = 400: 999, 997, 994, 992→991 (round half to even), …; S = T: every step.
+* ``"linspace"``: τ = round(linspace(0, T−1, S)); includes both 0 and T−1 for S ≥ 2 (Nichol & Dhariwal 2021's
+  ``space_timesteps`` with one section; diffusers' ``linspace``). S = 1 gives τ = (0,), as in both.
+* ``"leading"``: τ = (0, k, 2k, …, (S−1)k) with k = ⌊T/S⌋ — the DDIM paper's "uniform" sub-sequence and
+  diffusers' default (``steps_offset=0``). It starts at (S−1)k, **below** T−1 unless S divides T (and even then
+  at T−k): T = 1000, S = 400 starts at t = 798, S = 600 at t = 599, so x_T ~ N(0, I) is the wrong start there
+  and the samples lose spread.
+
+Sampling runs from the largest τ down to the smallest; the last update goes to ᾱ = 1, i.e. returns x̂₀.
+
+**DDIM** (paper Eq. 12), from x_t at τ_i to τ_{i−1} (ᾱ_prev = 1 after the smallest τ), with x̂₀, ε̂ from the
+network::
 
     σ = η · √((1 − ᾱ_prev)/(1 − ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev)
     x_prev = √ᾱ_prev · x̂₀ + √(1 − ᾱ_prev − σ²) · ε̂ + σ · z,     z ~ N(0, I)
 
 η = 0 is deterministic; η = 1 is the DDPM posterior on the sub-sequence.
 
-**DDPM** (respaced as in Nichol & Dhariwal 2021): on the sub-sequence, β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}}; each step
-draws from the posterior q(x_prev | x_t, x̂₀) = N(μ, β̃) with
+**DDPM** on the sub-sequence (the respacing of Nichol & Dhariwal 2021, with the timesteps chosen by ``spacing``):
+β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}}; each step draws from the posterior q(x_prev | x_t, x̂₀) = N(μ, β̃) with
 μ = √ᾱ_prev β'/(1 − ᾱ_t) · x̂₀ + √(1 − β') (1 − ᾱ_prev)/(1 − ᾱ_t) · x_t and β̃ = β' (1 − ᾱ_prev)/(1 − ᾱ_t)
 (no noise on the last step).
 
@@ -27,17 +39,28 @@ import torch
 
 from tractable.diffusion.gaussian import GaussianDiffusion
 
-__all__ = ["sample_timesteps", "ddim_sample", "ddpm_sample"]
+__all__ = ["SPACINGS", "sample_timesteps", "ddim_sample", "ddpm_sample"]
 
 Clip = Union[None, float, Sequence]
 
+#: the accepted ``spacing`` values, the default first
+SPACINGS = ("trailing", "linspace", "leading")
 
-def sample_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
-    """τ = (0, k, …, (steps−1)k), k = ⌊T/steps⌋, as a LongTensor (ValueError unless 1 ≤ steps ≤ T)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps: must be an int in [1, num_timesteps={num_timesteps}], got {steps!r}")
-    k = num_timesteps // steps
-    return torch.arange(steps, dtype=torch.long) * k
+
+def sample_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing") -> torch.Tensor:
+    """The sub-sequence τ (ascending LongTensor of ``steps`` distinct values in [0, T−1]) for ``spacing`` (see the
+    module docstring). ValueError unless 1 ≤ steps ≤ T and ``spacing`` is one of :data:`SPACINGS`."""
+    T = num_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps: must be an int in [1, num_timesteps={T}], got {steps!r}")
+    if spacing == "leading":
+        return torch.arange(steps, dtype=torch.long) * (T // steps)
+    if spacing == "trailing":  # diffusers: np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1
+        taus = torch.round(T - torch.arange(steps, dtype=torch.float64) * (T / steps)).long() - 1
+        return taus.flip(0)
+    if spacing == "linspace":  # diffusers: np.linspace(0, T - 1, S).round()
+        return torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64)).long()
+    raise ValueError(f"spacing: must be one of {', '.join(map(repr, SPACINGS))}; got {spacing!r}")
 
 
 def _clip(x0: torch.Tensor, clip: Clip) -> torch.Tensor:
@@ -80,13 +103,13 @@ def _model_device(model, default="cpu"):
 def ddim_sample(model, shape, steps: int = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
                 cond: Optional[torch.Tensor] = None, x_T: Optional[torch.Tensor] = None, *,
                 diffusion: Optional[GaussianDiffusion] = None, guidance: float = 1.0, clip: Clip = None,
-                device=None, dtype=torch.float32) -> torch.Tensor:
-    """DDIM samples of shape ``shape`` (see the module docstring). ``diffusion`` defaults to
-    ``GaussianDiffusion()`` (1000 cosine steps, x₀ prediction)."""
+                spacing: str = "trailing", device=None, dtype=torch.float32) -> torch.Tensor:
+    """DDIM samples of shape ``shape`` on the ``steps`` timesteps chosen by ``spacing`` (see the module
+    docstring). ``diffusion`` defaults to ``GaussianDiffusion()`` (1000 cosine steps, x₀ prediction)."""
     diffusion = GaussianDiffusion() if diffusion is None else diffusion
     if not eta >= 0:
         raise ValueError(f"eta: must be >= 0, got {eta}")
-    taus = sample_timesteps(diffusion.num_timesteps, steps)
+    taus = sample_timesteps(diffusion.num_timesteps, steps, spacing)
     device = torch.device(device) if device is not None else _model_device(model)
     x = _start(diffusion, shape, x_T, generator, device, dtype)
     abar = diffusion.alphas_cumprod
@@ -110,10 +133,10 @@ def ddim_sample(model, shape, steps: int = 50, eta: float = 0.0, generator: Opti
 def ddpm_sample(model, shape, steps: int = 1000, generator: Optional[torch.Generator] = None,
                 cond: Optional[torch.Tensor] = None, x_T: Optional[torch.Tensor] = None, *,
                 diffusion: Optional[GaussianDiffusion] = None, guidance: float = 1.0, clip: Clip = None,
-                device=None, dtype=torch.float32) -> torch.Tensor:
-    """Ancestral DDPM samples on ``steps`` respaced timesteps (see the module docstring)."""
+                spacing: str = "trailing", device=None, dtype=torch.float32) -> torch.Tensor:
+    """Ancestral DDPM samples on the ``steps`` timesteps chosen by ``spacing`` (see the module docstring)."""
     diffusion = GaussianDiffusion() if diffusion is None else diffusion
-    taus = sample_timesteps(diffusion.num_timesteps, steps)
+    taus = sample_timesteps(diffusion.num_timesteps, steps, spacing)
     device = torch.device(device) if device is not None else _model_device(model)
     x = _start(diffusion, shape, x_T, generator, device, dtype)
     abar = diffusion.alphas_cumprod

@@ -21,6 +21,10 @@ B (768, 12, 12). With 32×32×4 inputs, ``learn_sigma=True``, ``class_cond=True`
 parameter counts are the official ones: DiT-S/2 32,865,056, DiT-B/2 130,315,808 (the position embedding is a
 buffer-like frozen parameter, not counted).
 
+Precision: the model runs as float32, or as a pure bfloat16 or float64 model (``model.to(dtype)``): the timestep
+sinusoid is computed in float32 (float64 for a float64 model) and cast to the weights' dtype, the position
+embedding follows the input's dtype.
+
 ``mdit_*``: the same transformer with 1×1 patches (one token per pixel; open-TrAct's "MDiT with 1×1 patch
 embeddings" — its exact architecture is not public, this is the plain DiT with p = 1). The sequence length is
 H·W, so use it on small images or latents.
@@ -40,15 +44,18 @@ from tractable.models.registry import register_model
 __all__ = ["DiT", "DiTBlock", "timestep_embedding", "sincos_2d_grid"]
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """(N,) timesteps → (N, dim) [cos | sin] features with frequencies max_period^(−i/half), i < half."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N,) timesteps → (N, dim) [cos | sin] features with frequencies max_period^(−i/half), i < half; computed in
+    float32 (float64 when ``dtype`` is float64) and returned as ``dtype``."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=work, device=t.device) / half)
+    args = t.to(work)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+    return emb.to(dtype)
 
 
 def sincos_2d_grid(dim: int, grid: int) -> torch.Tensor:
@@ -141,8 +148,8 @@ class _TimestepEmbedder(nn.Module):
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
-    def forward(self, t):
-        return self.mlp(timestep_embedding(t, self.freq_dim))
+    def forward(self, t):  # the sinusoid in the weights' dtype: the model runs in float32, bfloat16 or float64
+        return self.mlp(timestep_embedding(t, self.freq_dim, dtype=self.mlp[0].weight.dtype))
 
 
 class DiT(nn.Module):

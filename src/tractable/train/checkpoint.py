@@ -3,6 +3,8 @@
 Layout of a checkpoint directory ``ckpt_dir``::
 
     ckpt_dir/step_00000120/model.safetensors   keys = model.state_dict() of the unwrapped model
+    ckpt_dir/step_00000120/ema.safetensors     the EMA's weights, same keys (only when the run keeps an EMA;
+                                               metadata: decay, warmup, num_updates, init_share)
     ckpt_dir/step_00000120/state.pt            optimizer, scheduler, scaler, EMA, step, epoch, RNG states, extra
     ckpt_dir/latest                            text file: the name of the newest complete checkpoint
 
@@ -28,9 +30,10 @@ from tractable.train.distributed import unwrap_model
 from tractable.train.rng import get_rng_state, set_rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "load_weights",
-           "read_checkpoint", "resume_candidates", "CheckpointFileError", "WEIGHTS_FILE", "STATE_FILE"]
+           "read_checkpoint", "resume_candidates", "CheckpointFileError", "WEIGHTS_FILE", "EMA_FILE", "STATE_FILE"]
 
 WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
 _LATEST = "latest"
 _NAME = re.compile(r"^step_(\d+)$")
@@ -157,12 +160,18 @@ def save_checkpoint(
     }
     weights_path = tmp / WEIGHTS_FILE
     save_file(_weights_dict(model), str(weights_path), metadata={"step": str(int(step)), "epoch": str(int(epoch))})
+    if ema is not None:  # the averaged weights, loadable without torch.load (e.g. for sampling elsewhere)
+        meta = {"step": str(int(step)), "decay": repr(ema.decay), "warmup": str(ema.warmup),
+                "num_updates": str(ema.num_updates), "init_share": repr(ema.init_share)}
+        save_file(_weights_dict(ema.module), str(tmp / EMA_FILE), metadata=meta)
     with open(tmp / STATE_FILE, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    with open(weights_path, "rb+") as f:
-        os.fsync(f.fileno())
+    for written in (weights_path, tmp / EMA_FILE):
+        if written.is_file():
+            with open(written, "rb+") as f:
+                os.fsync(f.fileno())
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. after a resume): replace the old copy
         old = ckpt_dir / f".old-{name}-{os.getpid()}"

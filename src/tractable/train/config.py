@@ -168,8 +168,9 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """The loop. ``ema`` is the EMA decay (0 = off); ``eval_every``/``save_every`` in epochs (0 = only at the end);
-    ``save_every_steps`` in optimizer steps (0 = off)."""
+    """The loop. ``ema`` is the EMA decay (0 = off; null = the task's default: off for classification, 0.9999 for
+    diffusion), with the warm-up of :class:`~tractable.train.ema.ModelEMA` unless ``ema_warmup`` is false;
+    ``eval_every``/``save_every`` in epochs (0 = only at the end); ``save_every_steps`` in optimizer steps (0 = off)."""
 
     epochs: int
     seed: int = 0
@@ -178,7 +179,8 @@ class TrainConfig:
     compile: bool = False
     grad_accum: int = 1
     label_smoothing: float = 0.0
-    ema: float = 0.0
+    ema: Optional[float] = None
+    ema_warmup: bool = True
     clip_grad: Optional[float] = None
     eval_every: int = 1
     save_every: int = 1
@@ -334,8 +336,9 @@ def _check_semantics(cfg: RunConfig) -> None:
     for key, v in (("data.subset", cfg.data.subset), ("data.test_subset", cfg.data.test_subset)):
         if v is not None and v < 1:
             raise ConfigError(f"{key}: must be >= 1 or null, got {v}")
-    if not 0.0 <= cfg.train.ema < 1.0:
-        raise ConfigError(f"train.ema: the EMA decay must be in [0, 1) (0 = off), got {cfg.train.ema}")
+    if cfg.train.ema is not None and not 0.0 <= cfg.train.ema < 1.0:
+        raise ConfigError(f"train.ema: the EMA decay must be in [0, 1) (0 = off, null = the task's default), got "
+                          f"{cfg.train.ema}")
     if not 0.0 <= cfg.data.label_noise < 1.0:
         raise ConfigError(f"data.label_noise: the fraction of resampled labels must be in [0, 1), got "
                           f"{cfg.data.label_noise}")
@@ -457,6 +460,9 @@ def config_from_dict(data: dict, *, saved: bool = False) -> RunConfig:
         data = {**data, "method": _build_method(data["method"], "method", legacy=True)}
     cfg = _build(RunConfig, data, "")
     _check_semantics(cfg)
+    from tractable.train.task import prepare_config
+
+    prepare_config(cfg)  # the task's own defaults for the rest of the run (e.g. diffusion's folder transform)
     return cfg
 
 

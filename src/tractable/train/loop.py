@@ -170,7 +170,8 @@ class Trainer:
         self.task = task if task is not None else build_task(cfg)
         task_hooks = getattr(self.task, "hooks", None)
         self.hooks: List[Hook] = list(self.rule.hooks()) + list(task_hooks() if task_hooks else []) + list(hooks)
-        self.ema = ModelEMA(model, tc.ema) if tc.ema > 0 else None
+        decay = tc.ema if tc.ema is not None else getattr(self.task, "default_ema", 0.0)
+        self.ema = ModelEMA(model, decay, warmup=tc.ema_warmup) if decay > 0 else None
         wrapped = wrap_ddp(model, self.device, **self.rule.ddp_kwargs())
         self.ddp = wrapped if wrapped is not model else None
         self.forward_model = torch.compile(wrapped) if tc.compile else wrapped

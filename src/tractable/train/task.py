@@ -24,7 +24,7 @@ from tractable.train.distributed import all_reduce_sum
 from tractable.train.registry import ClassRegistry
 from tractable.train.schema import ConfigError
 
-__all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks", "TASK_MODULES"]
+__all__ = ["Task", "Classification", "register_task", "build_task", "list_tasks", "prepare_config", "TASK_MODULES"]
 
 #: modules that register further tasks (one per family), imported the first time the registry is read
 TASK_MODULES: List[str] = ["tractable.train.diffusion_task", "tractable.train.mae_task"]
@@ -38,6 +38,13 @@ def register_task(name: str) -> Callable[[type], type]:
 
 def list_tasks() -> List[str]:
     return _TASKS.names()
+
+
+def prepare_config(cfg) -> None:
+    """Let the task named ``cfg.task`` fill in or refuse other sections (:meth:`Task.prepare_config`), when the
+    config is built; an unknown task is left to :func:`build_task`'s error."""
+    if cfg.task in _TASKS.names():
+        _TASKS.get(cfg.task).prepare_config(cfg)
 
 
 def build_task(cfg) -> "Task":
@@ -69,10 +76,16 @@ class Task:
     #: the metric used for "best" in summaries, and whether larger is better
     primary_metric = "loss"
     higher_is_better = False
+    #: the EMA decay used when ``train.ema`` is null (0: no EMA)
+    default_ema = 0.0
 
     @classmethod
     def from_config(cls, cfg) -> "Task":
         return cls()
+
+    @classmethod
+    def prepare_config(cls, cfg) -> None:
+        """Called when a config with this task is built: set defaults in other sections or raise ConfigError."""
 
     def loss(self, model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -1,10 +1,16 @@
 """Diffusion runs after training: load a run's checkpoint, sample image grids, FID over checkpoints.
 
-* :func:`load_run` — the model of a ``task=diffusion`` run at a checkpoint (EMA weights when the run kept an EMA),
-  its :class:`~tractable.diffusion.GaussianDiffusion` and dataset description.
+* :func:`load_run` — the model of a ``task=diffusion`` run at a checkpoint (EMA weights when the run kept an EMA:
+  ``ema.safetensors``, or the EMA state of older checkpoints; a note when the EMA has not warmed up, i.e. the
+  initial weights still make ≥ 1 % of it), its :class:`~tractable.diffusion.GaussianDiffusion` and dataset
+  description.
+* :func:`check_guidance` — refuses classifier-free guidance ≠ 1 for a run whose null label was never trained
+  (an unconditional model, or ``cond_drop = 0``).
 * :func:`sample` — DDIM or DDPM samples in the data's standardised space (x̂₀ clipped to the pixel range [0, 1]
-  mapped through the normalisation); :func:`save_grid` writes them as a PNG grid in pixel space.
-* :func:`fid_over_checkpoints` — the Fréchet distance between generated samples and the training images at every
+  mapped through the normalisation), in batches of ``batch_size`` on ``device``; :func:`save_grid` writes them as
+  a PNG grid in pixel space; :func:`sample_filename` names the grid after every sampling option.
+* :func:`fid_over_checkpoints` — the Fréchet distance between generated samples and un-augmented training images
+  (a seeded random subset of ``n_ref``, default all of an in-memory dataset or 50 000 of a folder dataset) at every
   checkpoint of several runs; JSON + a plot of FID vs steps side by side (runs with the same label, e.g. the
   same model and method over seeds, are averaged with ± std). Each checkpoint's ``stabilised`` flag records whether
   the Fréchet distance needed the ε·I retry (singular covariances, e.g. from dead ReLU features or few samples).
@@ -37,8 +43,8 @@ from tractable.diffusion import (
 )
 from tractable.train.report import new_figure, save_figure
 
-__all__ = ["load_run", "sample", "save_grid", "sample_file_name", "pixel_clip", "dataset_images", "train_fid_classifier",
-           "fid_over_checkpoints", "plot_fid", "checkpoint_steps"]
+__all__ = ["load_run", "sample", "save_grid", "pixel_clip", "dataset_images", "train_fid_classifier",
+           "fid_over_checkpoints", "plot_fid", "checkpoint_steps", "check_guidance", "sample_filename"]
 
 
 def _cfg(run_dir: Path):
@@ -61,11 +67,12 @@ def checkpoint_steps(run_dir: Union[str, Path]) -> List[Tuple[int, Path]]:
 
 
 def load_run(run_dir: Union[str, Path], checkpoint: Union[None, int, str, Path] = None, *, ema: bool = True,
-             device="cpu"):
+             device="cpu", echo: Callable[[str], None] = print):
     """``(model, diffusion, info, cfg)`` of a diffusion run at ``checkpoint`` (None: latest; an int: that step; a
-    path: that directory). ``ema``: use the EMA weights when the run has them."""
+    path: that directory). ``ema``: use the EMA weights when the run has them (``echo`` gets a note when that EMA
+    has not warmed up)."""
     from tractable.models import create_model, model_defaults
-    from tractable.train.checkpoint import latest_checkpoint
+    from tractable.train.checkpoint import EMA_FILE, latest_checkpoint, load_weights
     from tractable.train.diffusion_task import DiffusionTask
     from tractable.train.loaders import build_dataset, model_shape_kwargs
 
@@ -90,10 +97,17 @@ def load_run(run_dir: Union[str, Path], checkpoint: Union[None, int, str, Path] 
 
     state = load_torch_file(ckpt / "state.pt")
     if ema and state.get("ema") is not None:
-        model.load_state_dict(state["ema"]["module"])
+        if (ckpt / EMA_FILE).is_file():
+            load_weights(ckpt / EMA_FILE, model)
+        else:  # checkpoints written before the EMA was exported
+            model.load_state_dict(state["ema"]["module"])
+        e = state["ema"]
+        share = float(e.get("init_share", float(e["decay"]) ** int(e["num_updates"])))
+        if share >= 0.01:
+            echo(f"note: the EMA at {ckpt.name} has had {int(e['num_updates'])} updates (decay {e['decay']}, "
+                 f"{'with' if e.get('warmup') else 'no'} warm-up): the initial weights still make {100 * share:.0f} % "
+                 "of it; --no-ema samples the trained weights")
     else:
-        from tractable.train.checkpoint import load_weights
-
         load_weights(ckpt, model)
     model.to(device).eval()
     diffusion = DiffusionTask.options_from_dict(cfg.task_kwargs)
@@ -108,11 +122,44 @@ def pixel_clip(info) -> Tuple[List[float], List[float]]:
     return ([-m / s for m, s in zip(info.mean, info.std)], [(1 - m) / s for m, s in zip(info.mean, info.std)])
 
 
+def check_guidance(cfg, model, guidance: float) -> None:
+    """ValueError for ``guidance`` ≠ 1 when the run never trained the null label (classifier-free guidance would
+    mix in an untrained embedding): an unconditional model, or ``task_kwargs.cond_drop`` = 0."""
+    from tractable.train.diffusion_task import DiffusionTask, effective_cond_drop
+
+    if guidance == 1.0:
+        return
+    if not getattr(model, "class_cond", False):
+        raise ValueError(f"guidance: {guidance} needs a class-conditional model (model.kwargs.class_cond=true); "
+                         "this run is unconditional: use --guidance 1")
+    drop = effective_cond_drop(DiffusionTask.options_from_dict(cfg.task_kwargs).cond_drop, model)
+    if drop <= 0:
+        raise ValueError(f"guidance: {guidance} needs the null label, but this run was trained with "
+                         "task_kwargs.cond_drop=0, so its null embedding is untrained: use --guidance 1, or train with "
+                         "cond_drop > 0 (the default for class-conditional runs is 0.1)")
+
+
+def sample_filename(*, sampler: str, steps: int, spacing: str, eta: float, guidance: float, ema: bool,
+                    step: Optional[int], seed: int, n: int) -> str:
+    """The default PNG name of ``diffusion-sample``: every option that changes the images, e.g.
+    ``ddim50-trailing-eta0.5-cfg1.5-noema-step240-s0-n64.png`` (defaults of η, guidance and EMA left out)."""
+    parts = [f"{sampler}{steps}", spacing]
+    if sampler == "ddim" and eta != 0:
+        parts.append(f"eta{eta:g}")
+    if guidance != 1:
+        parts.append(f"cfg{guidance:g}")
+    if not ema:
+        parts.append("noema")
+    parts += [f"step{step if step is not None else 'last'}", f"s{seed}", f"n{n}"]
+    return "-".join(parts) + ".png"
+
+
 @torch.no_grad()
 def sample(model, diffusion, info, n: int, *, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
            seed: int = 0, labels: Optional[torch.Tensor] = None, guidance: float = 1.0, batch_size: int = 500,
-           device="cpu") -> torch.Tensor:
-    """``n`` samples (standardised space, CPU float32). Class-conditional models get ``labels`` (default: 0, 1, …
+           spacing: str = "trailing", device="cpu") -> torch.Tensor:
+    """``n`` samples (standardised space, CPU float32), drawn ``batch_size`` at a time on ``device`` (the noise from
+    one generator seeded by ``seed`` on that device). Class-conditional models get ``labels`` (default: 0, 1, …
     cycling over the classes)."""
     from tractable.diffusion import ddim_sample, ddpm_sample
 
@@ -120,7 +167,9 @@ def sample(model, diffusion, info, n: int, *, steps: int = 50, sampler: str = "d
         raise ValueError(f"sampler: must be 'ddim' or 'ddpm', got {sampler!r}")
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
-    g = torch.Generator().manual_seed(int(seed))
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    g = torch.Generator(device=device).manual_seed(int(seed))
     cond_model = getattr(model, "class_cond", False)
     if cond_model and labels is None:
         labels = torch.arange(n) % info.num_classes
@@ -132,23 +181,12 @@ def sample(model, diffusion, info, n: int, *, steps: int = 50, sampler: str = "d
         cond = labels[i:i + m].to(device) if cond_model else None
         if sampler == "ddim":
             x = ddim_sample(model, shape, steps=steps, eta=eta, generator=g, cond=cond, diffusion=diffusion,
-                            guidance=guidance, clip=clip, device=device)
+                            guidance=guidance, clip=clip, spacing=spacing, device=device)
         else:
             x = ddpm_sample(model, shape, steps=steps, generator=g, cond=cond, diffusion=diffusion,
-                            guidance=guidance, clip=clip, device=device)
+                            guidance=guidance, clip=clip, spacing=spacing, device=device)
         out.append(x.float().cpu())
     return torch.cat(out)
-
-
-def sample_file_name(*, sampler: str, steps: int, step: Optional[int], seed: int, n: int, eta: float,
-                     guidance: float, ema: bool) -> str:
-    """``diffusion-sample``'s default file name: every option that changes the images is in it
-    (``ddim50-eta0-g1-step240-s0-n64-ema.png``), so a re-run with another option never replaces a grid."""
-    from tractable.train.outputs import option_slug
-
-    head = option_slug({sampler: steps, "eta": eta if sampler == "ddim" else None, "g": guidance,
-                        "step": "last" if step is None else step, "s": seed, "n": n})
-    return f"{head}-{'ema' if ema else 'raw'}.png"
 
 
 def save_grid(images: torch.Tensor, info, path: Union[str, Path], nrow: Optional[int] = None) -> Path:
@@ -180,30 +218,41 @@ def save_grid(images: torch.Tensor, info, path: Union[str, Path], nrow: Optional
     return path
 
 
-def dataset_images(cfg, split: str = "train", limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, object]:
-    """(standardised images, labels, info) of a run's dataset split (at most ``limit``; streamed datasets such as
-    ``imagefolder`` default to the first 50 000)."""
+def dataset_images(cfg, split: str = "train", limit: Optional[int] = None, *, seed: int = 0,
+                   num_workers: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, object]:
+    """(standardised images, labels, info) of a run's dataset split, **un-augmented**: in-memory datasets as stored,
+    folder datasets through the deterministic transform (``diffusion_noflip`` for runs trained with a ``diffusion``
+    transform, ``eval`` otherwise). At most ``limit`` images (default: all of an in-memory dataset, 50 000 of a folder
+    dataset), a random subset drawn with ``seed`` when the split is larger, in index order."""
+    import copy
+
     from tractable.data import to_float
     from tractable.data.convert import normalize
-    from tractable.train.loaders import build_dataset
+    from tractable.train.loaders import build_dataset, is_array_dataset
 
-    ds = build_dataset(cfg.data, split)
-    if not hasattr(ds, "x"):  # a streamed dataset: its own transforms already standardise
-        if limit is None:
-            limit = 50_000
-        loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False, num_workers=cfg.data.num_workers)
-        xs, ys, n = [], [], 0
-        for xb, yb in loader:
-            xs.append(xb.float())
-            ys.append(yb)
-            n += len(xb)
-            if n >= limit:
-                break
-        return torch.cat(xs)[:limit], torch.cat(ys)[:limit], ds.info
-    x = normalize(to_float(ds.x), ds.info.mean, ds.info.std)
-    if limit is not None:
-        x = x[:limit]
-    return x, ds.y[: len(x)], ds.info
+    data_cfg = copy.deepcopy(cfg.data)
+    transform = data_cfg.kwargs.get("transform")
+    if isinstance(transform, str):
+        data_cfg.kwargs["transform"] = "diffusion_noflip" if transform.startswith("diffusion") else "eval"
+    ds = build_dataset(data_cfg, split)
+    info = ds.info
+    if limit is None:
+        limit = len(ds) if is_array_dataset(ds) else 50_000
+    if limit < 1:
+        raise ValueError(f"limit: must be >= 1, got {limit}")
+    idx = torch.arange(len(ds))
+    if limit < len(ds):
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(int(seed)))[:limit].sort().values
+    if is_array_dataset(ds):
+        return normalize(to_float(ds.x[idx]), info.mean, info.std), ds.y[idx], info
+    sub = torch.utils.data.Subset(ds, idx.tolist())
+    loader = torch.utils.data.DataLoader(sub, batch_size=256, shuffle=False,
+                                         num_workers=cfg.data.num_workers if num_workers is None else num_workers)
+    xs, ys = [], []
+    for xb, yb in loader:  # folder items are uint8, as stored: the same to_float + normalize as the loaders
+        xs.append(normalize(to_float(xb), info.mean, info.std))
+        ys.append(torch.as_tensor(yb))
+    return torch.cat(xs), torch.cat(ys), info
 
 
 def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Union[str, Path, None] = None,
@@ -269,15 +318,25 @@ def _label(cfg) -> str:
 
 def fid_over_checkpoints(run_dirs: Sequence[Union[str, Path]], *, n: int = 1000, steps: int = 50,
                          sampler: str = "ddim", features: str = "classifier", seed: int = 0, ema: bool = True,
-                         out: Union[str, Path, None] = None, every: int = 1,
+                         out: Union[str, Path, None] = None, every: int = 1, device="cpu", batch_size: int = 500,
+                         spacing: str = "trailing", n_ref: Optional[int] = None,
                          echo: Callable[[str], None] = print) -> Dict[str, object]:
-    """FID (see the module docstring) at every ``every``-th checkpoint of each run, against the training split.
+    """FID (see the module docstring) at every ``every``-th checkpoint of each run, against un-augmented training
+    images (:func:`dataset_images` with ``n_ref`` and ``seed``). Sampling and feature extraction run on ``device``,
+    ``batch_size`` images at a time.
 
     Returns ``{"runs": {run_dir: {"label", "steps", "fid"}}, "features": ..., ...}`` and, with ``out``, writes
     ``out/fid.json``, ``out/fid.md`` and ``out/fid.png``.
     """
+    from tractable.diffusion import SPACINGS
+
     if features not in ("classifier", "inception"):
         raise ValueError(f"features: must be 'classifier' or 'inception', got {features!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing: must be one of {', '.join(map(repr, SPACINGS))}, got {spacing!r}")
+    for key, v in (("n", n), ("steps", steps), ("every", every), ("batch_size", batch_size)):
+        if v < 1:
+            raise ValueError(f"{key}: must be >= 1, got {v}")
     if not run_dirs:
         raise ValueError("fid: give at least one run directory")
     for name, value in (("--n", n), ("--steps", steps), ("--every", every)):  # every check before any work
@@ -293,33 +352,38 @@ def fid_over_checkpoints(run_dirs: Sequence[Union[str, Path]], *, n: int = 1000,
         from tractable.train.outputs import check_output_dir, claim_output_dir
 
         check_output_dir(out, "fid", own=("fid.json",))
-        options = {"features": features, "n": n, "steps": steps, "sampler": sampler, "ema": ema, "seed": seed}
+        options = {"features": features, "n": n, "steps": steps, "sampler": sampler, "ema": ema, "seed": seed,
+                   "spacing": spacing, "n_ref": n_ref}
         earlier = _earlier_fid(Path(out), options)
         out = claim_output_dir(out, "fid", own=("fid.json",))
+    device = torch.device(device)
     results: Dict[str, object] = {"features": features, "n": n, "steps": steps, "sampler": sampler, "ema": ema,
-                                  "seed": seed, "runs": {}}
+                                  "spacing": spacing, "n_ref": n_ref, "seed": seed, "device": str(device), "runs": {}}
     refs: Dict[str, object] = {}
     for run_dir in map(Path, run_dirs):
         cfg = _cfg(run_dir)
         key = json.dumps([cfg.data.name, cfg.data.subset, cfg.data.mean, cfg.data.std, dict(cfg.data.kwargs)])
         if key not in refs:
-            x, _, info = dataset_images(cfg, "train")
+            x, _, info = dataset_images(cfg, "train", n_ref, seed=seed)
             if features == "classifier":
                 cache = Path(out) if out is not None else run_dir.parent
-                extractor = ClassifierFeatures(train_fid_classifier(cfg, seed=seed, cache_dir=cache, echo=echo))
+                clf = train_fid_classifier(cfg, seed=seed, cache_dir=cache, echo=echo).to(device)
+                extractor = ClassifierFeatures(clf)
                 prep = lambda im: im  # noqa: E731  (the classifier sees standardised images)
             else:
-                extractor = InceptionFeatures()
+                extractor = InceptionFeatures(device=device)
                 prep = lambda im, _i=info: denormalize(im, _i.mean, _i.std)  # noqa: E731
-            refs[key] = (extractor, prep, feature_stats(extract_features(extractor, prep(x))))
+            feats = extract_features(extractor, prep(x), batch_size=batch_size, device=device)
+            refs[key] = (extractor, prep, feature_stats(feats))
         extractor, prep, (mu_r, sig_r) = refs[key]
         ckpts = checkpoint_steps(run_dir)[::-1][::every][::-1]  # always includes the last one
         entry = {"label": _label(cfg), "seed": cfg.train.seed, "steps": [], "fid": []}
         for step, ckpt in ckpts:
             t0 = time.perf_counter()
-            model, diffusion, info, _ = load_run(run_dir, ckpt, ema=ema)
-            imgs = sample(model, diffusion, info, n, steps=steps, sampler=sampler, seed=seed)
-            mu, sig = feature_stats(extract_features(extractor, prep(imgs)))
+            model, diffusion, info, _ = load_run(run_dir, ckpt, ema=ema, device=device, echo=echo)
+            imgs = sample(model, diffusion, info, n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                          spacing=spacing, device=device)
+            mu, sig = feature_stats(extract_features(extractor, prep(imgs), batch_size=batch_size, device=device))
             with warnings.catch_warnings(record=True) as caught:  # singular covariances (e.g. dead ReLU features)
                 warnings.simplefilter("always")
                 fid = frechet_distance_from_stats(mu, sig, mu_r, sig_r)
