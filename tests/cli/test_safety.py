@@ -121,7 +121,7 @@ def test_crate_measure_and_attention_keep_earlier_outputs_when_an_option_changes
 
 def test_diffusion_sample_names_encode_every_option(runs, capsys):
     run = runs["diffusion"]
-    for extra in ([], ["--eta", "0.5"], ["--guidance", "2"], ["--n", "3"], ["--no-ema"]):
+    for extra in ([], ["--eta", "0.5"], ["--spacing", "leading"], ["--n", "3"], ["--no-ema"]):
         assert main(["diffusion-sample", str(run), "--n", "2", "--steps", "2", *extra] if "--n" not in extra else
                     ["diffusion-sample", str(run), "--steps", "2", *extra]) == 0
     pngs = sorted(p.name for p in (run / "samples").glob("*.png"))

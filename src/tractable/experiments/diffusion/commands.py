@@ -44,7 +44,8 @@ from tractable.diffusion import (
 from tractable.train.report import new_figure, save_figure
 
 __all__ = ["load_run", "sample", "save_grid", "pixel_clip", "dataset_images", "train_fid_classifier",
-           "fid_over_checkpoints", "plot_fid", "checkpoint_steps", "check_guidance", "sample_filename"]
+           "fid_over_checkpoints", "plot_fid", "checkpoint_steps", "check_guidance", "sample_filename",
+           "fit_classifier"]
 
 
 def _cfg(run_dir: Path):
@@ -255,6 +256,23 @@ def dataset_images(cfg, split: str = "train", limit: Optional[int] = None, *, se
     return torch.cat(xs), torch.cat(ys), info
 
 
+def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+                   seed: int) -> nn.Module:
+    """Train ``model`` in place with Adam and cross-entropy on ``(x, y)``, shuffled by a generator seeded with
+    ``seed`` (the FID proxy's feature classifiers); returns it in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
 def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Union[str, Path, None] = None,
                          echo: Callable[[str], None] = print) -> nn.Module:
     """A ``small_cnn`` trained (Adam, batch 64) on the run's training split, for :class:`ClassifierFeatures`;
@@ -274,17 +292,7 @@ def train_fid_classifier(cfg, *, seed: int = 0, epochs: int = 10, cache_dir: Uni
         if path.is_file():
             model.load_state_dict(load_file(str(path)))
             return model.eval()
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    fit_classifier(model, x, y, epochs=epochs, batch_size=64, lr=1e-3, seed=seed)
     xt, yt, _ = dataset_images(cfg, "test")
     with torch.no_grad():
         acc = (model(xt).argmax(1) == yt).float().mean().item()

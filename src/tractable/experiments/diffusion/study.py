@@ -113,18 +113,10 @@ def _classifier(x_train: torch.Tensor, y_train: torch.Tensor, cache: Path, *, se
     if cache.is_file():
         model.load_state_dict(load_file(str(cache)))
         return model.eval()
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
+    from tractable.experiments.diffusion.commands import fit_classifier
+
     x, y = x_train[:n], y_train[:n]
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    fit_classifier(model, x, y, epochs=epochs, batch_size=128, lr=2e-3, seed=seed)
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(cache))
     echo(f"feature classifier trained on {len(x)} images, {epochs} epochs")
