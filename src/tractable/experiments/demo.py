@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from tractable.experiments.tract.stats import t_interval
+from tractable.stats import t_interval
 from tractable.train.config import apply_overrides, config_from_dict
 from tractable.train.report import new_figure, save_figure
 

@@ -14,22 +14,18 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from tractable.stats import paired_t_interval
+
 __all__ = ["report", "paired", "vit_cls_attention", "jaccard_scores"]
 
-# two-sided 95 % Student-t quantiles by degrees of freedom
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
     """Mean of a − b over pairs with its 95 % t-interval (n − 1 degrees of freedom)."""
-    d = [x - y for x, y in zip(a, b)]
-    n = len(d)
-    m = sum(d) / n
-    if n < 2:
-        return {"n": n, "mean": m, "lo": float("nan"), "hi": float("nan")}
-    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
-    h = _T95.get(n - 1, 1.96) * sd / math.sqrt(n)
-    return {"n": n, "mean": m, "lo": m - h, "hi": m + h, "sd": sd}
+    r = paired_t_interval(a, b, table=True)
+    if r["n"] < 2:
+        return {"n": r["n"], "mean": r["mean"], "lo": float("nan"), "hi": float("nan")}
+    return {k: r[k] for k in ("n", "mean", "lo", "hi", "sd")}
 
 
 def _ms(v: Sequence[float]):

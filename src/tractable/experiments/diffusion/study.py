@@ -46,6 +46,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from tractable.stats import t_interval
+
 __all__ = ["StudyScale", "SCALES", "ARMS", "METHODS", "load_fashion_32", "train_one", "run_study", "report",
            "demo_section"]
 
@@ -254,16 +256,9 @@ def run_study(out_dir, *, scale: str = "cpu", arms: Sequence[str] = ("adamw", "s
 
 
 def _t_interval(d: Sequence[float]) -> Tuple[float, float, float]:
-    """Mean and 95 % Student-t interval of paired differences."""
-    from scipy import stats
-
-    n = len(d)
-    m = sum(d) / n
-    if n < 2:
-        return m, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1))
-    h = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return m, m - h, m + h
+    """Mean and 95 % Student-t interval of paired differences (NaN bounds for one pair)."""
+    r = t_interval(d)
+    return (r["mean"], r["lo"], r["hi"]) if r["n"] > 1 else (r["mean"], float("nan"), float("nan"))
 
 
 def _fd(a: torch.Tensor, ref_stats) -> float:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from tractable.stats import paired_t_interval
+
 __all__ = ["BenchmarkConfig", "RULES", "DATASETS", "PUBLISHED", "run_benchmark", "quick_config", "summarize"]
 
 #: rule label → runner method name
@@ -41,8 +43,6 @@ DATASETS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 PUBLISHED: Dict[str, Dict[str, float]] = {
     "fashion_mnist": {"bp": 9.20, "fa": 13.06, "usf": 9.69, "brsf": 10.02, "frsf": 9.61, "dfa": 12.81},
 }
-# two-sided 95 % Student t quantiles by degrees of freedom
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 @dataclass
@@ -218,13 +218,8 @@ def _mean_sd(v: Sequence[float]) -> Tuple[float, float]:
 
 def paired_interval(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float, float]:
     """Mean of a − b over paired seeds and its 95 % t-interval (NaN bounds for fewer than 2 pairs)."""
-    d = [x - y for x, y in zip(a, b)]
-    m, sd = _mean_sd(d)
-    n = len(d)
-    if n < 2:
-        return m, float("nan"), float("nan")
-    half = _T95.get(n - 1, 1.96) * sd / math.sqrt(n)
-    return m, m - half, m + half
+    r = paired_t_interval(a, b, table=True)
+    return (r["mean"], r["lo"], r["hi"]) if r["n"] > 1 else (r["mean"], float("nan"), float("nan"))
 
 
 def summarize(cfg: BenchmarkConfig, results: List[Dict[str, Any]], out: Path) -> Dict[str, Any]:

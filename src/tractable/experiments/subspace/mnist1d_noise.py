@@ -46,10 +46,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tractable.stats import t_interval
+
 __all__ = ["BNCNN1d", "STUDY_METHODS", "train_one", "evaluate_one", "run", "main"]
 
 STUDY_METHODS = ("standard", "standard_b", "line", "layerwise", "swa")
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 class BNCNN1d(nn.Module):
@@ -274,13 +275,9 @@ def _get(cache, method, noise, epochs, seed, path) -> Optional[Dict[str, float]]
 
 
 def mean_ci(values: List[float]) -> Tuple[float, float]:
-    """Mean and the half-width of its 95 % t interval (0 for one value)."""
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, _T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+    """Mean and the half-width of its 95 % t interval (NaN for one value)."""
+    r = t_interval(values, table=True)
+    return r["mean"], r["half"] if r["n"] > 1 else float("nan")
 
 
 def summarize(cache, *, seeds, budgets, noises) -> Dict[str, Any]:

@@ -4,7 +4,7 @@ Every arm of the study (plain, TrAct at some λ) is trained with the same seeds,
 plain share the initial weights, the batch order and the test set. With ``curves[s][e]`` the test accuracy of
 seed s after epoch e + 1:
 
-* :func:`t_interval` — mean and two-sided Student-t interval of the mean (``level`` 0.95 by default; n − 1
+* :func:`t_interval` (from :mod:`tractable.stats`) — mean and two-sided Student-t interval of the mean (``level`` 0.95 by default; n − 1
   degrees of freedom). :func:`paired_differences` applies it at every epoch to ``tract[s][e] − plain[s][e]``;
   an effect is called only where the interval excludes 0.
 * :func:`epochs_to_reach` — the paper's speed-up statistic on one curve: the (fractional) number of epochs a
@@ -23,42 +23,10 @@ import math
 import random
 from typing import Dict, List, Optional, Sequence
 
+from tractable.stats import t_interval, t_quantile
+
 __all__ = ["t_quantile", "t_interval", "paired_differences", "epochs_to_reach", "speedup", "speedup_bootstrap",
            "mean_curve"]
-
-# two-sided 97.5 % quantiles of Student's t, df = 1 … 30 (level 0.95)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t_quantile(df: int, level: float = 0.95) -> float:
-    """Two-sided Student-t quantile for ``df`` degrees of freedom (scipy if installed, else a table for 0.95)."""
-    if df < 1:
-        raise ValueError(f"t_quantile: df must be >= 1, got {df}")
-    try:
-        from scipy.stats import t
-
-        return float(t.ppf(0.5 + level / 2, df))
-    except ImportError:
-        if level != 0.95:
-            raise ImportError("t_quantile: levels other than 0.95 need scipy (pip install scipy)") from None
-        return _T975[df - 1] if df <= len(_T975) else 1.959963984540054
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> Dict[str, float]:
-    """``{"mean", "lo", "hi", "sd", "n"}``: mean and Student-t interval of the mean (one value says nothing
-    about the spread: lo = −inf, hi = +inf, sd = nan)."""
-    v = [float(x) for x in values]
-    n = len(v)
-    if n == 0:
-        raise ValueError("t_interval: needs at least one value")
-    m = sum(v) / n
-    if n == 1:
-        return {"mean": m, "lo": -math.inf, "hi": math.inf, "sd": math.nan, "n": 1}
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1))
-    half = t_quantile(n - 1, level) * sd / math.sqrt(n)
-    return {"mean": m, "lo": m - half, "hi": m + half, "sd": sd, "n": n}
-
 
 def mean_curve(curves: Sequence[Sequence[float]]) -> List[float]:
     """Element-wise mean of equally long curves."""
