@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 
 from tests.train.conftest import tiny_dict
+from tests.train.test_distributed import _free_port
 from tests.train.test_resume import assert_same_checkpoint, kill_and_resume
 from tractable.models import create_model, first_layer
 from tractable.train import (ConfigError, cleanup, config_from_dict, config_to_dict, init_distributed, load_config,
@@ -213,14 +214,6 @@ def test_stack_kill_and_resume_is_bitwise(tmp_path, stack):
     ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
     run = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert ref["test_acc"] == run["test_acc"] and ref["method"] == run["method"]
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_worker(rank, world, port, cfgs):
