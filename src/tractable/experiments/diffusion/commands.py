@@ -144,15 +144,11 @@ def sample_filename(*, sampler: str, steps: int, spacing: str, eta: float, guida
                     step: Optional[int], seed: int, n: int) -> str:
     """The default PNG name of ``diffusion-sample``: every option that changes the images, e.g.
     ``ddim50-trailing-eta0.5-cfg1.5-noema-step240-s0-n64.png`` (defaults of η, guidance and EMA left out)."""
-    parts = [f"{sampler}{steps}", spacing]
-    if sampler == "ddim" and eta != 0:
-        parts.append(f"eta{eta:g}")
-    if guidance != 1:
-        parts.append(f"cfg{guidance:g}")
-    if not ema:
-        parts.append("noema")
-    parts += [f"step{step if step is not None else 'last'}", f"s{seed}", f"n{n}"]
-    return "-".join(parts) + ".png"
+    from tractable.train.outputs import option_slug
+
+    return option_slug({sampler: steps, "": spacing, "eta": eta if sampler == "ddim" and eta != 0 else None,
+                        "cfg": guidance if guidance != 1 else None, "noema": "" if not ema else None,
+                        "step": "last" if step is None else step, "s": seed, "n": n}) + ".png"
 
 
 @torch.no_grad()
